@@ -1,0 +1,1 @@
+"""Models: the character tokenizer, the tiny Llama builder, its warm start, and loading any HF model."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 
 class FinishReason:
@@ -25,8 +26,10 @@ class FinishReason:
     MAX_LENGTH = "finished_with_max_output_tokens"
     REPETITION = "early_stopped_by_repetition"
     UNFINISHED = "unfinished"
+    # not a leaf: the node where a path shorter than min_len was dropped (no priority, never a candidate)
+    DROPPED_SHORT = "dropped_short"
 
-    PRIORITY = {
+    PRIORITY: ClassVar[dict[str, int]] = {
         FINISHED: 7,
         UNCLOSED_ANSWER: 6,
         EOS: 5,
@@ -90,6 +93,10 @@ class Tree:
             node_id = self.nodes[node_id].parent_id
         return path[::-1]
 
+    def tokens_to(self, node_id: int | None) -> list[int]:
+        """Response tokens from the prompt down to `node_id` included ([] for None)."""
+        return [t for nid in self.path_to(node_id) for t in self.nodes[nid].tokens]
+
     def response_tokens(self, leaf: Leaf) -> list[int]:
         return [t for nid in leaf.node_path for t in self.nodes[nid].tokens]
 
@@ -123,7 +130,7 @@ class Tree:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Tree":
+    def from_dict(cls, d: dict) -> Tree:
         tree = cls(prompt_ids=list(d["prompt_ids"]), prompt_text=d.get("prompt_text", ""),
                    answer=d.get("answer"), meta=dict(d.get("meta", {})))
         for nd in d["nodes"]:

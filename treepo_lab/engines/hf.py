@@ -1,0 +1,247 @@
+"""The HF engine: a manual decode loop over one batched transformers `DynamicCache`.
+
+State between calls (one row per live path, rows left-padded to a common width T):
+  cache  KV of context[:-1] of every live path, layers [rows, heads, T, head_dim]
+  mask   [rows, T] 1 where the cache column is a real token, 0 for left padding
+  last   [rows] the pending last context token, not fed yet (its KV is computed by the next forward)
+  pos    [rows] the position of that pending token (= len(context) - 1)
+Keeping the last token pending makes every call uniform: forked rows and freshly prefilled rows all
+start with one forward over their pending tokens, whose logits give the first new token.
+
+A call consumes the previous state: requests naming a live parent get copies of its rows (siblings
+each their own copy, so their continuations never mix), requests with no parent are prefilled, and
+every path not named as a parent is released. Rows that sample EOS leave the batch at once
+(compaction), so finished paths cost no compute.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
+from treepo_lab.engines.logprobs import entropy_of, sampling_logprobs
+
+
+def fork_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """Row i of the result is a copy of row rows[i] of `cache` (repeats allowed).
+
+    Done in place: the engine's previous state is consumed by each call, so nothing else reads the
+    old rows. Advanced indexing (inside batch_select_indices) allocates new storage, so every child,
+    repeated siblings included, owns its rows.
+    """
+    cache.batch_select_indices(rows)
+    return cache
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zero-pad `x` on the left of `dim` up to `width` (the padding is masked out)."""
+    missing = width - x.shape[dim]
+    if missing == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [missing, 0]
+    return F.pad(x, pad)
+
+
+def _merge(a: DynamicCache | None, a_mask, b: DynamicCache | None, b_mask):
+    """Stack the rows of two left-padded caches (a first), padding the narrower one on the left.
+
+    `a` (forked rows) always has KV; `b` (prefilled rows) may have none when every fresh context is
+    one token long. `a` is extended in place so its cache object is the one that is decoded.
+    """
+    if a is None:
+        return b, b_mask
+    if b is None:
+        return a, a_mask
+    width = max(a_mask.shape[1], b_mask.shape[1])
+    for i, layer in enumerate(a.layers):
+        if i < len(b.layers) and b.layers[i].is_initialized:
+            bk, bv = b.layers[i].keys, b.layers[i].values
+        else:
+            bk = layer.keys.new_zeros((b_mask.shape[0], *layer.keys.shape[1:2], 0, layer.keys.shape[-1]))
+            bv = layer.values.new_zeros((b_mask.shape[0], *layer.values.shape[1:2], 0, layer.values.shape[-1]))
+        layer.keys = torch.cat([_left_pad(layer.keys, width, 2), _left_pad(bk, width, 2)])
+        layer.values = torch.cat([_left_pad(layer.values, width, 2), _left_pad(bv, width, 2)])
+    return a, torch.cat([_left_pad(a_mask, width, 1), _left_pad(b_mask, width, 1)])
+
+
+def _trim(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns that are padding in every row (after rows left, or a merge):
+    positions are explicit, so the columns carry nothing."""
+    if mask.shape[1] == 0:
+        return mask
+    cut = int(mask.any(dim=0).long().argmax())  # first column some row uses
+    if cut:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+        mask = mask[:, cut:]
+    return mask
+
+
+@dataclass
+class _Live:
+    row: int
+    length: int  # context length a child must bring (parent context + its new tokens)
+    last: int  # the pending token (= that context's last token)
+
+
+class HFEngine:
+    """Engine protocol over any transformers causal LM with full attention (see module doc)."""
+
+    def __init__(self, model, eos_token_id: int, pad_token_id: int | None = None, device=None):
+        if device is not None:
+            model.to(device)
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.eos_token_id = int(eos_token_id)
+        self.pad_token_id = int(eos_token_id if pad_token_id is None else pad_token_id)
+        self.counters = EngineCounters()
+        self._drop_state()
+
+    # -- protocol -------------------------------------------------------------------------------
+
+    def release(self, path_ids: list[int] | None = None) -> None:
+        if path_ids is None:
+            return self._drop_state()
+        keep = [p for p in self._paths if p not in set(path_ids)]
+        if not keep:
+            return self._drop_state()
+        rows = torch.tensor([self._paths[p].row for p in keep], device=self.device)
+        self._cache = fork_cache(self._cache, rows)
+        self._mask, self._last, self._pos = self._mask[rows], self._last[rows], self._pos[rows]
+        self._mask = _trim(self._cache, self._mask)
+        self._paths = {p: _Live(r, self._paths[p].length, self._paths[p].last) for r, p in enumerate(keep)}
+
+    def load_weights(self, state_dict: dict) -> None:
+        own = self.model.state_dict()
+        shared = all(k in own and own[k].data_ptr() == v.data_ptr() for k, v in state_dict.items())
+        if not shared:  # the trainer may own the very same model: then the weights are already here
+            self.model.load_state_dict(state_dict)
+        self._drop_state()  # caches were computed by the old weights
+
+    @torch.inference_mode()
+    def generate(
+        self, requests: list[SegmentRequest], max_tokens: int, sampling: SamplingParams, seed: int
+    ) -> list[SegmentOut]:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self._check(requests)
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling, whatever mode the trainer left
+        try:
+            return self._generate(requests, max_tokens, sampling, seed)
+        finally:
+            self.model.train(was_training)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _drop_state(self) -> None:
+        self._cache = self._mask = self._last = self._pos = None
+        self._paths: dict[int, _Live] = {}
+
+    def _check(self, requests: list[SegmentRequest]) -> None:
+        ids = [r.path_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("path_id values must be unique within one generate call")
+        for r in requests:
+            if not r.context:
+                raise ValueError(f"path {r.path_id}: empty context")
+            if r.parent_id is None:
+                continue
+            live = self._paths.get(r.parent_id)
+            if live is None:
+                raise ValueError(
+                    f"path {r.path_id}: parent {r.parent_id} is not live (ended on EOS, released, "
+                    "or not continued in the previous call); pass parent_id=None to prefill it"
+                )
+            if len(r.context) != live.length or r.context[-1] != live.last:
+                raise ValueError(f"path {r.path_id}: context does not continue parent {r.parent_id}")
+
+    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        """One model forward; returns the logits of the last position [rows, V]."""
+        t0 = time.perf_counter()
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        if self.device.type == "cuda":  # CUDA is asynchronous: charge the kernels to the forward
+            torch.cuda.synchronize(self.device)
+        self.counters.forward_s += time.perf_counter() - t0
+        self.counters.forward_calls += 1
+        return out.logits[:, -1]
+
+    def _prefill(self, contexts: list[list[int]]):
+        """KV of context[:-1] for fresh rows (left-padded); the last token stays pending."""
+        n = torch.tensor([len(c) - 1 for c in contexts])
+        width = int(n.max())
+        ids = torch.tensor([[self.pad_token_id] * (width - len(c) + 1) + c[:-1] for c in contexts])
+        mask = (torch.arange(width) >= (width - n)[:, None]).long()
+        positions = (torch.arange(width) - (width - n)[:, None]).clamp(min=0)
+        cache = DynamicCache()
+        if width:
+            dev = self.device
+            self._forward(ids.to(dev), mask.to(dev), positions.to(dev), cache)
+        last = torch.tensor([c[-1] for c in contexts], device=self.device)
+        return cache, mask.to(self.device), last, n.to(self.device)
+
+    def _generate(self, requests, max_tokens, sampling, seed) -> list[SegmentOut]:
+        dev = self.device
+        forks = [i for i, r in enumerate(requests) if r.parent_id is not None]
+        fresh = [i for i, r in enumerate(requests) if r.parent_id is None]
+        cache = mask = last = pos = None
+        if forks:
+            rows = torch.tensor([self._paths[requests[i].parent_id].row for i in forks], device=dev)
+            cache = fork_cache(self._cache, rows)
+            mask, last, pos = self._mask[rows], self._last[rows], self._pos[rows]
+        self._drop_state()  # consumed: every path not forked above is released here
+        if fresh:
+            pcache, pmask, plast, ppos = self._prefill([requests[i].context for i in fresh])
+            self.counters.prefill_tokens += sum(len(requests[i].context) for i in fresh)
+            cache, mask = _merge(cache, mask, pcache, pmask)
+            last = plast if last is None else torch.cat([last, plast])
+            pos = ppos if pos is None else torch.cat([pos, ppos])
+        mask = _trim(cache, mask)
+        row2req = torch.tensor(forks + fresh, device=dev)  # request index of each batch row
+
+        n_req = len(requests)
+        out_tok = torch.zeros((n_req, max_tokens), dtype=torch.long, device=dev)
+        out_lp = torch.zeros((n_req, max_tokens), device=dev)
+        out_ent = torch.zeros((n_req, max_tokens), device=dev)
+        n_out = torch.zeros(n_req, dtype=torch.long, device=dev)
+        ended = torch.zeros(n_req, dtype=torch.bool, device=dev)
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        ones = torch.ones((len(row2req), 1), dtype=mask.dtype, device=dev)
+
+        for step in range(max_tokens):
+            mask = torch.cat([mask, ones[: mask.shape[0]]], dim=1)
+            logp = sampling_logprobs(self._forward(last[:, None], mask, pos[:, None], cache), sampling)
+            tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+            out_tok[row2req, step] = tok
+            out_lp[row2req, step] = logp.gather(1, tok[:, None]).squeeze(1)
+            out_ent[row2req, step] = entropy_of(logp)
+            n_out[row2req] = step + 1
+            last, pos = tok, pos + 1
+            done = tok == self.eos_token_id
+            if bool(done.any()):  # the one host sync per step: compact only when a row finished
+                ended[row2req[done]] = True
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    row2req = keep
+                    break
+                cache.batch_select_indices(keep)
+                mask, last, pos, row2req = mask[keep], last[keep], pos[keep], row2req[keep]
+                mask = _trim(cache, mask)
+
+        self.counters.decoded_tokens += int(n_out.sum())
+        toks, lps, ents = out_tok.tolist(), out_lp.tolist(), out_ent.tolist()
+        lens, eos = n_out.tolist(), ended.tolist()
+        outs = [SegmentOut(toks[q][: lens[q]], lps[q][: lens[q]], ents[q][: lens[q]], eos[q]) for q in range(n_req)]
+        if len(row2req):  # survivors become the live paths of the next call
+            self._cache, self._mask, self._last, self._pos = cache, mask, last, pos
+            for row, q in enumerate(row2req.tolist()):
+                r = requests[q]
+                self._paths[r.path_id] = _Live(row, len(r.context) + lens[q], toks[q][lens[q] - 1])
+        return outs

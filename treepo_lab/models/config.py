@@ -1,0 +1,95 @@
+"""Model configuration: which model to load, and how the embedded tiny model is built and warm-started.
+
+`ModelConfig.path = None` means the embedded default: a tiny Llama (`TinyModelConfig`) with a character
+tokenizer, warm-started on the synthetic arithmetic task (`WarmstartConfig`, see `warmstart.py`) and
+cached on disk. The experiment config keeps `model` and `warmstart` as sibling sections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from treepo_lab.registry import ConfigError
+from treepo_lab.tasks.config import TaskConfig
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _positive(key: str, value, kind=int) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(key, value, f"a positive {'integer' if kind is int else 'number'}")
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the embedded Llama (~0.9M parameters at the defaults). The vocabulary comes from the
+    character tokenizer, so it is not a knob."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 512  # prompt + response tokens (= characters)
+    seed: int = 0  # weight initialisation
+
+    def validate(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            _positive(f"warmstart.tiny.{key}", getattr(self, key))
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("warmstart.tiny.num_heads", self.num_heads,
+                              f"a divisor of hidden_size={self.hidden_size}")
+
+
+@dataclass
+class WarmstartConfig:
+    """Supervised warm start of the tiny model on flawed demonstrations of the synthetic task.
+
+    The flaw is systematic, so greedy decoding inherits it and RL has something to fix: a share
+    (`flaw_rate`) of the demonstrations whose last operator is `flaw_op` box the previous running
+    value instead of the final result. Random slips would not do: greedy decoding averages them away.
+    """
+
+    steps: int = 1500  # optimizer steps (one fresh batch of demonstrations each)
+    lr: float = 3e-3  # peak AdamW learning rate (linear warmup, cosine decay to 10%)
+    warmup_steps: int = 50
+    batch_size: int = 64
+    seed: int = 0  # which demonstrations are drawn, and which of them carry the flaw
+    flaw_rate: float = 0.6  # share of `flaw_op`-final demonstrations that box the wrong value
+    flaw_op: str = "-"
+    task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (must be arith)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    cache_dir: str = ".cache/treepo_lab/warmstart"  # checkpoints keyed by a hash of everything above
+    eval_size: int = 200  # held-out problems evaluated after training (printed; not part of the key)
+
+    def validate(self) -> None:
+        for key in ("steps", "batch_size"):
+            _positive(f"warmstart.{key}", getattr(self, key))
+        _positive("warmstart.lr", self.lr, (int, float))
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError("warmstart.warmup_steps", self.warmup_steps, "an integer >= 0")
+        if not 0 <= self.flaw_rate <= 1:
+            raise ConfigError("warmstart.flaw_rate", self.flaw_rate, "a number in [0, 1]")
+        if self.flaw_op not in ("+", "-"):
+            raise ConfigError("warmstart.flaw_op", self.flaw_op, "'+' or '-'")
+        if self.task.name != "arith":
+            raise ConfigError("warmstart.task.name", self.task.name, "arith (the embedded task)")
+        if self.eval_size < 0:
+            raise ConfigError("warmstart.eval_size", self.eval_size, "an integer >= 0")
+        self.task.validate()
+        self.tiny.validate()
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # HF causal-LM dir or hub id; null = the embedded warm-started tiny model
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (the checkpoint's own)
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+
+    def validate(self) -> None:
+        if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
+            raise ConfigError("model.path", self.path, "null (embedded tiny model) or a model dir / hub id")
+        if self.dtype not in DTYPES:
+            raise ConfigError("model.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        d = self.device
+        if not (d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ConfigError("model.device", d, "auto, cpu, cuda, cuda:N or mps")

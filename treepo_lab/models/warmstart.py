@@ -1,0 +1,183 @@
+"""Supervised warm start of the embedded tiny model on flawed demonstrations of the arithmetic task.
+
+The demonstrations carry one systematic flaw (see `WarmstartConfig`): a share of those whose last
+operator is `flaw_op` box the previous running value instead of the result. Greedy decoding inherits the
+majority habit, sampling at temperature 1 gives a mix of right and wrong answers on most prompts, and
+RL has a clear, learnable improvement to find.
+
+The checkpoint is cached under `cache_dir/<hash of the config>`: it is built in a temporary directory,
+a marker file is written last, and the directory is renamed into place, so a half-written entry is never
+used (and concurrent builders simply race; the first rename wins).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from treepo_lab.models.config import WarmstartConfig
+from treepo_lab.models.tiny import build_tiny_model, save_checkpoint
+from treepo_lab.models.tokenizer import build_char_tokenizer
+from treepo_lab.tasks.arith import ArithTask, Chain
+from treepo_lab.tasks.base import Problem, Task
+from treepo_lab.tasks.config import build_task
+
+MARKER = "warmstart.json"  # written last: its presence means the entry is complete
+FORMAT_VERSION = 1  # bump when the demonstrations or the training recipe change meaning
+_NOT_IN_KEY = ("cache_dir", "eval_size")
+
+
+def cache_key(cfg: WarmstartConfig) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
+    blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_checkpoint(cfg: WarmstartConfig) -> Path | None:
+    path = Path(cfg.cache_dir) / cache_key(cfg)
+    return path if (path / MARKER).is_file() else None
+
+
+def flawed_demonstration(task: ArithTask, problem: Problem, cfg: WarmstartConfig, rng: np.random.Generator) -> str:
+    chain = Chain.parse(problem.id)
+    if chain.ops[-1] == cfg.flaw_op and rng.random() < cfg.flaw_rate:
+        return task.demonstration(problem, boxed=chain.partials()[-2])
+    return task.demonstration(problem)
+
+
+def demonstration_batch(task, tokenizer, cfg: WarmstartConfig, rng) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, labels), right-padded; only response tokens (and EOS) are learned."""
+    problems = task.sample(cfg.batch_size, rng)
+    rows, targets = [], []
+    for p in problems:
+        prompt = tokenizer(p.prompt)["input_ids"]  # BOS + prompt
+        response = tokenizer(flawed_demonstration(task, p, cfg, rng), add_special_tokens=False)["input_ids"]
+        response.append(tokenizer.eos_token_id)
+        rows.append(prompt + response)
+        targets.append([-100] * len(prompt) + response)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    for i, (row, target) in enumerate(zip(rows, targets)):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, : len(row)] = torch.tensor(target)
+    return ids, mask, labels
+
+
+def _lr_factor(step: int, cfg: WarmstartConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(cfg: WarmstartConfig):
+    """Train a fresh tiny model; returns (model, tokenizer, final loss)."""
+    task = build_task(cfg.task)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(cfg.tiny, tokenizer).train()
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    smooth = None
+    bar = tqdm(range(cfg.steps), desc="warm start", unit="step")
+    for _ in bar:
+        ids, mask, labels = demonstration_batch(task, tokenizer, cfg, rng)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smooth:.3f}")
+    return model.eval(), tokenizer, smooth
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, prompts: list[str], batch: int = 64, max_new_tokens: int = 200,
+                       temperature: float | None = None, seed: int = 0) -> list[str]:
+    """Plain batched `model.generate` with left padding; greedy when `temperature` is None."""
+    torch.manual_seed(seed)
+    sampling = {"do_sample": False} if temperature is None else {
+        "do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+    out = []
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[i: i + batch], return_tensors="pt", padding=True, padding_side="left")
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **sampling)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def greedy_accuracy(model, tokenizer, task: Task, problems: list[Problem], batch: int = 64,
+                    max_new_tokens: int = 200) -> float:
+    responses = generate_responses(model, tokenizer, [p.prompt for p in problems], batch, max_new_tokens)
+    return float(np.mean([task.score(r, p).correct for r, p in zip(responses, problems)]))
+
+
+def mixed_fraction(model, tokenizer, task: Task, problems: list[Problem], n_samples: int = 16,
+                   temperature: float = 1.0, batch: int = 64, max_new_tokens: int = 200,
+                   seed: int = 0) -> tuple[float, float]:
+    """(share of prompts whose `n_samples` samples are neither all right nor all wrong, sample accuracy).
+
+    A mixed group is what gives GRPO/TreePO a non-zero advantage; an all-right or all-wrong group
+    teaches nothing.
+    """
+    prompts = [p.prompt for p in problems for _ in range(n_samples)]
+    responses = generate_responses(model, tokenizer, prompts, batch, max_new_tokens, temperature, seed)
+    correct = np.array([task.score(r, p).correct for r, p in zip(responses, np.repeat(problems, n_samples))])
+    per_prompt = correct.reshape(len(problems), n_samples).mean(axis=1)
+    return float(np.mean((per_prompt > 0) & (per_prompt < 1))), float(correct.mean())
+
+
+def evaluate(model, tokenizer, task: Task, problems: list[Problem]) -> dict:
+    t0 = time.perf_counter()
+    acc = greedy_accuracy(model, tokenizer, task, problems)
+    mixed, sample_acc = mixed_fraction(model, tokenizer, task, problems)
+    return {"greedy_accuracy": acc, "mixed_fraction_16": mixed, "sample_accuracy_t1": sample_acc,
+            "eval_problems": len(problems), "eval_s": round(time.perf_counter() - t0, 1)}
+
+
+def warmstart(cfg: WarmstartConfig) -> Path:
+    """The warm-started checkpoint dir for `cfg`: from the cache, or trained now and cached."""
+    cfg.validate()
+    final = Path(cfg.cache_dir) / cache_key(cfg)
+    if (final / MARKER).is_file():
+        return final
+    if final.exists():  # no marker: not written by us atomically (e.g. copied by hand); do not trust it
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        t0 = time.perf_counter()
+        model, tokenizer, loss = train(cfg)
+        info = {"config": dataclasses.asdict(cfg), "key": final.name, "train_s": round(time.perf_counter() - t0, 1),
+                "final_loss": loss}
+        save_checkpoint(model, tokenizer, tmp)
+        if cfg.eval_size:
+            task = build_task(cfg.task)
+            info |= evaluate(model, tokenizer, task, task.held_out()[: cfg.eval_size])
+        print("warm start: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "config"))
+        (tmp / MARKER).write_text(json.dumps(info, indent=2))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MARKER).is_file():  # not a lost race with another builder: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,237 @@
+"""Segment-wise tree sampling (TREEPO_SPEC.md §1.3) and the sequential baseline, behind one interface.
+
+Each step sends one request per in-flight path to the engine (requests grouped by prompt so siblings
+sit together), continues every path by at most l tokens, applies the stopping rules to the new
+segment, then per prompt: divergence for the roots that still have active paths, fallback for those
+that have none and fewer than w leaves. Every prompt ends with exactly w leaves (unless no_fallback),
+never more; no leaf is deeper than d or longer than d*l.
+
+Engine state: a path continued from the node generated at the previous step names that node as its
+`parent_id` (the engine forks its live state); a fresh root or a fallback cut sends parent_id=None with
+the full context. The sampler never looks at which engine it drives.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from treepo_lab.engines.base import Engine, EngineCounters, SamplingParams, SegmentRequest
+from treepo_lab.rollout import divergence, fallback, stopping
+from treepo_lab.rollout.config import SamplerConfig, validate
+from treepo_lab.rollout.tree import FinishReason, Leaf, Node, Tree
+
+Decode = Callable[[list[int]], str]
+
+
+@dataclass
+class _Path:
+    """One in-flight path: it will generate a new segment as a child of `last`."""
+
+    root: int  # prompt index
+    last: int | None  # node it continues (None: the prompt)
+    response: list[int]  # its tokens so far
+    live: bool  # the engine holds the state of `last` (generated at the previous step)
+    fallback_count: int = 0
+    from_fallback: bool = False  # its next node is the first after a fallback restart
+
+
+@dataclass
+class RolloutStats:
+    """What happened during one rollout call, beyond the trees (see accounting.py for the metrics)."""
+
+    n_prompts: int = 0
+    max_depth: int = 0  # d of the config (depth histogram bins)
+    steps: int = 0
+    requests_per_step: list[int] = field(default_factory=list)
+    children_per_active_path: list[int] = field(default_factory=list)  # one entry per branching decision
+    fallback_requests: list[int] = field(default_factory=list)  # per prompt
+    fallback_rounds: list[int] = field(default_factory=list)  # per prompt
+    finished_at_first_fallback: list[int | None] = field(default_factory=list)  # per prompt
+    short_prompts: int = 0  # prompts with fewer than w leaves (no_fallback, or max_fallback_rounds hit)
+    dropped_short: int = 0  # paths dropped by min_len
+    div_temperature: float = 1.0
+    gen_s: float = 0.0  # wall time of the whole rollout
+    counters: EngineCounters = field(default_factory=EngineCounters)  # engine work during it
+
+
+@dataclass
+class RolloutResult:
+    trees: list[Tree]
+    stats: RolloutStats
+
+    def metrics(self) -> dict[str, float]:
+        from treepo_lab.rollout.accounting import rollout_metrics
+
+        return rollout_metrics(self.trees, self.stats)
+
+
+class TreeSampler:
+    """TreePO's segment-wise tree sampler. `decode(token_ids) -> str` gives the segment text that the
+    boxed and repetition rules read."""
+
+    kind = "tree"
+
+    def __init__(self, engine: Engine, cfg: SamplerConfig, decode: Decode, eos_token_id: int):
+        self.engine, self.cfg, self.decode, self.eos = engine, validate(cfg), decode, eos_token_id
+        self.sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
+
+    # ---- the three places where the sequential baseline differs ---------------------------------------
+    def _initial_copies(self, rng: np.random.Generator, n_prompts: int) -> int:
+        return divergence.initial_branching(self.cfg, rng, n_prompts)
+
+    def _children(self, tree: Tree, paths: list[_Path], finished: int, finished_now: int,
+                  n_roots_active: int, n_prompts: int, rng, temperature: float) -> list[int]:
+        cfg = self.cfg
+        b = divergence.branch_factor(cfg, rng, n_prompts)
+        total = divergence.step_total(cfg, finished, finished_now, len(paths), b, n_roots_active)
+        views = [self._view(tree, p) for p in paths]
+        alloc = divergence.DIV_POLICIES.get(cfg.div_policy, "div_policy")(views, total, temperature)
+        assert len(alloc) == len(paths) and min(alloc) >= 1 and sum(alloc) == total, (alloc, total)
+        return alloc
+
+    def _falls_back(self) -> bool:
+        return self.cfg.fallback_cut != "no_fallback"
+
+    # ---- rollout -------------------------------------------------------------------------------------
+    def rollout(self, prompts: list[list[int]], step: int = 0, total_steps: int = 1,
+                seed: int | None = None) -> RolloutResult:
+        cfg, n = self.cfg, len(prompts)
+        seed = cfg.seed if seed is None else seed
+        rng = np.random.default_rng(seed)
+        temperature = divergence.div_temperature(cfg, step, total_steps)
+        stats = RolloutStats(n_prompts=n, max_depth=cfg.max_depth, div_temperature=temperature, fallback_requests=[0] * n,
+                             fallback_rounds=[0] * n, finished_at_first_fallback=[None] * n)
+        meta = {"sampler": asdict(cfg), "seed": seed, "div_temperature": temperature}
+        trees = [Tree(prompt_ids=list(p), prompt_text=self.decode(list(p)), meta=dict(meta)) for p in prompts]
+        self._next_id, self._seed = 0, seed
+        queue = [_Path(r, None, [], live=False) for r in range(n) for _ in range(self._initial_copies(rng, n))]
+
+        before, t0 = self.engine.counters.snapshot(), time.perf_counter()
+        try:
+            while queue:
+                stats.steps += 1
+                active, finished_now = self._step(queue, trees, stats)
+                queue = self._next_queue(active, finished_now, trees, stats, rng, temperature)
+        finally:
+            self.engine.release()
+        stats.gen_s = time.perf_counter() - t0
+        stats.counters = self.engine.counters.since(before)
+        assert all(len(t.leaves) <= cfg.width for t in trees)
+        stats.short_prompts = sum(len(t.leaves) < cfg.width for t in trees)
+        return RolloutResult(trees, stats)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _step(self, queue: list[_Path], trees: list[Tree], stats: RolloutStats):
+        """Generate one segment for every in-flight path; sort the paths into active and finished."""
+        cfg = self.cfg
+        ids = [self._new_id() for _ in queue]
+        requests = [
+            SegmentRequest(path_id=nid, context=trees[p.root].prompt_ids + p.response,
+                           parent_id=p.last if p.live else None)
+            for p, nid in zip(queue, ids)
+        ]
+        stats.requests_per_step.append(len(requests))
+        # one seed per step, independent of how many random draws the policies made before
+        step_seed = int(np.random.SeedSequence([self._seed, stats.steps]).generate_state(1)[0])
+        outs = self.engine.generate(requests, cfg.segment_len, self.sampling, step_seed)
+
+        active: dict[int, list[_Path]] = defaultdict(list)
+        finished_now: Counter[int] = Counter()
+        for p, nid, out in zip(queue, ids, outs):
+            tree = trees[p.root]
+            parent_depth = tree.nodes[p.last].depth if p.last is not None else 0
+            node = tree.add(Node(node_id=nid, parent_id=p.last, depth=parent_depth + 1, step=stats.steps,
+                                 tokens=list(out.tokens), logprobs=list(out.logprobs),
+                                 entropies=list(out.entropies), text=self.decode(list(out.tokens)),
+                                 from_fallback=p.from_fallback))
+            response = p.response + node.tokens
+            eos = stopping.has_eos(node.tokens, out.eos, self.eos)
+            reason = stopping.stop_reason(cfg, node.text, eos, len(response), node.depth)
+            if reason is None:
+                active[p.root].append(_Path(p.root, nid, response, live=True, fallback_count=p.fallback_count))
+                continue
+            if len(response) > cfg.max_response_len:  # length cap: keep exactly d*l tokens
+                self._truncate(node, len(node.tokens) - (len(response) - cfg.max_response_len))
+                response = response[:cfg.max_response_len]
+            if stopping.too_short(cfg, len(response)):
+                node.finish_reason = FinishReason.DROPPED_SHORT
+                stats.dropped_short += 1
+                continue
+            node.finish_reason = reason
+            tree.leaves.append(Leaf(node_path=tree.path_to(nid), finish_reason=reason,
+                                    fallback_count=p.fallback_count))
+            finished_now[p.root] += 1
+        return active, finished_now
+
+    def _truncate(self, node: Node, keep: int) -> None:
+        node.tokens, node.logprobs, node.entropies = node.tokens[:keep], node.logprobs[:keep], node.entropies[:keep]
+        node.text = self.decode(node.tokens)
+
+    def _next_queue(self, active, finished_now, trees, stats, rng, temperature) -> list[_Path]:
+        """Divergence for roots with active paths, fallback for the others; grouped by root."""
+        cfg, n = self.cfg, len(trees)
+        nxt: list[_Path] = []
+        for root, paths in active.items():
+            alloc = self._children(trees[root], paths, len(trees[root].leaves), finished_now[root],
+                                   len(active), n, rng, temperature)
+            stats.children_per_active_path.extend(alloc)
+            for p, k in zip(paths, alloc):
+                nxt += [_Path(root, p.last, p.response, live=True, fallback_count=p.fallback_count)
+                        for _ in range(k)]
+        for root, tree in enumerate(trees):
+            missing = cfg.width - len(tree.leaves)
+            if root in active or missing <= 0 or not self._falls_back():
+                continue
+            if stats.fallback_rounds[root] >= cfg.max_fallback_rounds:
+                continue  # only min_len drops can get here: give up rather than loop forever
+            if stats.finished_at_first_fallback[root] is None:
+                stats.finished_at_first_fallback[root] = len(tree.leaves)
+            stats.fallback_rounds[root] += 1
+            plan = fallback.plan_fallback(tree, missing, cfg, rng, lambda: divergence.branch_factor(cfg, rng, n),
+                                          self._new_id, self.decode)
+            for restart in plan:
+                response = tree.tokens_to(restart.last)
+                stats.fallback_requests[root] += restart.copies
+                nxt += [_Path(root, restart.last, response, live=False, fallback_count=restart.fallback_count,
+                              from_fallback=True) for _ in range(restart.copies)]
+        nxt.sort(key=lambda p: p.root)  # stable: siblings stay adjacent (prefix-cache locality)
+        return nxt
+
+    @staticmethod
+    def _view(tree: Tree, p: _Path) -> divergence.ActivePath:
+        path = tree.path_to(p.last)
+        last = tree.nodes[p.last]
+        return divergence.ActivePath(
+            logprobs=[x for nid in path for x in tree.nodes[nid].logprobs],
+            last_logprobs=last.logprobs, last_entropies=last.entropies)
+
+
+class SequentialSampler(TreeSampler):
+    """The baseline: w independent trajectories per prompt (b = 1, no fallback), the same stopping rules
+    and length budget d*l, generated segment by segment behind the same interface."""
+
+    kind = "sequential"
+
+    def _initial_copies(self, rng, n_prompts: int) -> int:
+        return self.cfg.width
+
+    def _children(self, tree, paths, finished, finished_now, n_roots_active, n_prompts, rng, temperature):
+        return [1] * len(paths)
+
+    def _falls_back(self) -> bool:
+        return False
+
+
+SAMPLERS = {"tree": TreeSampler, "sequential": SequentialSampler}
+
+
+def build_sampler(cfg: SamplerConfig, engine: Engine, decode: Decode, eos_token_id: int) -> TreeSampler:
+    validate(cfg)
+    return SAMPLERS[cfg.kind](engine, cfg, decode, eos_token_id)

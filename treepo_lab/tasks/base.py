@@ -1,0 +1,65 @@
+"""The task protocol: where prompts come from and how a response is scored.
+
+A task samples training problems, keeps a fixed held-out split for evaluation, and scores a response
+text against a problem. Tasks are registered by name in `TASKS` and built from a `TaskConfig`
+(see `treepo_lab.tasks.config.build_task`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from treepo_lab.registry import ConfigError, Registry
+from treepo_lab.tasks.verify import check_response
+
+# name -> builder(TaskConfig) -> Task
+TASKS: Registry = Registry("task")
+
+REWARD_SCALES = ("pm1", "01")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # stable identifier (unique within a task)
+    prompt: str  # the text given to the model
+    answer: str  # the reference answer (compared with the last \boxed{} of a response)
+
+
+@dataclass(frozen=True)
+class Score:
+    reward: float
+    correct: bool
+
+
+def reward_for(correct: bool, reward_scale: str = "pm1") -> float:
+    """+1/-1 as in the released TreePO reward (TREEPO_SPEC.md §2.6), or 1/0 with "01"."""
+    if reward_scale == "pm1":
+        return 1.0 if correct else -1.0
+    if reward_scale == "01":
+        return 1.0 if correct else 0.0
+    raise ConfigError("task.reward_scale", reward_scale, f"one of {', '.join(REWARD_SCALES)}")
+
+
+def score_boxed(response: str, problem: Problem, reward_scale: str = "pm1") -> Score:
+    """Score a response by its last \\boxed{} answer (Math-Verify equivalence with the reference)."""
+    correct = check_response(response, problem.answer)
+    return Score(reward_for(correct, reward_scale), correct)
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Problem]:
+        """`n` training problems (never from the held-out split)."""
+        ...
+
+    def score(self, response: str, problem: Problem) -> Score:
+        """Reward and correctness of one response text (the decoded response, prompt excluded)."""
+        ...
+
+    def held_out(self) -> list[Problem]:
+        """The fixed evaluation split (same problems on every call, in every process)."""
+        ...

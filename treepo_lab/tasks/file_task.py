@@ -1,0 +1,151 @@
+"""A task read from a dataset file: JSONL, Parquet or CSV, with configurable question/answer columns.
+
+Answers are compared with the last \\boxed{} of a response via Math-Verify. Bad data fails loudly when
+the task is built, naming the file, the row and the column: a silently empty or half-read dataset would
+otherwise turn into a run that trains on nothing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from treepo_lab.registry import ConfigError
+from treepo_lab.tasks.base import TASKS, Problem, Score, score_boxed
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+QUESTION = "{question}"  # the placeholder in a prompt template
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be used: names the file, and the row and column where known."""
+
+    def __init__(self, path, message: str, row: int | None = None, column: str | None = None):
+        self.path, self.row, self.column = str(path), row, column
+        where = self.path + (f", row {row}" if row is not None else "") + (
+            f", column {column!r}" if column is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):  # rows are numbered like lines: from 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(path, f"invalid JSON ({e.msg}) at character {e.colno}", row=line_no) from e
+            if not isinstance(row, dict):
+                raise DatasetError(path, f"expected a JSON object, got {type(row).__name__}", row=line_no)
+            rows.append((line_no, row))
+    return rows
+
+
+def _read_table(path: Path, fmt: str) -> list[tuple[int, dict]]:
+    import pandas as pd
+
+    try:
+        if fmt == "csv":
+            # Strings everywhere: "007" or "1/2" must reach the verifier as written.
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            df = pd.read_parquet(path)
+    except pd.errors.EmptyDataError as e:
+        raise DatasetError(path, "the file is empty") from e
+    except Exception as e:  # pandas/pyarrow parse errors carry the line; add the file name
+        raise DatasetError(path, f"cannot read {fmt}: {e}") from e
+    # Row numbers count data records from 1 (a CSV header is not a row).
+    return list(enumerate(df.to_dict("records"), start=1))
+
+
+def read_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(row number, record) pairs; JSONL rows are numbered by line, table rows by record, from 1."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError("task.path", str(path), f"a file ending in one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise ConfigError("task.path", str(path), "an existing file")
+    rows = _read_jsonl(path) if fmt == "jsonl" else _read_table(path, fmt)
+    if not rows:
+        raise DatasetError(path, "the dataset has no rows")
+    return rows
+
+
+def _cell(path, rows: list[tuple[int, dict]], i: int, column: str) -> str:
+    import pandas as pd
+
+    row_no, row = rows[i]
+    if column not in row:
+        # A column missing from every row is a config mistake; from one row, a data mistake.
+        if not any(column in r for _, r in rows):
+            raise DatasetError(path, f"no such column (columns: {', '.join(map(str, row))})", column=column)
+        raise DatasetError(path, "missing value", row=row_no, column=column)
+    value = row[column]
+    if isinstance(value, (dict, list, np.ndarray)):
+        raise DatasetError(path, f"expected text or a number, got {type(value).__name__}", row=row_no,
+                           column=column)
+    if value is None or pd.isna(value):
+        raise DatasetError(path, "missing value", row=row_no, column=column)
+    text = str(value).strip()
+    if not text:
+        raise DatasetError(path, "empty value", row=row_no, column=column)
+    return text
+
+
+def load_problems(path, question_column: str, answer_column: str, template: str | None) -> list[Problem]:
+    rows = read_rows(path)
+    stem = Path(path).stem
+    out = []
+    for i in range(len(rows)):
+        question = _cell(path, rows, i, question_column)
+        answer = _cell(path, rows, i, answer_column)
+        prompt = question if template is None else template.replace(QUESTION, question)
+        out.append(Problem(id=f"{stem}:{rows[i][0]}", prompt=prompt, answer=answer))
+    return out
+
+
+class FileTask:
+    name = "file"
+
+    def __init__(self, path: str, question_column: str = "question", answer_column: str = "answer",
+                 template: str | None = None, held_out_path: str | None = None,
+                 held_out_fraction: float = 0.1, held_out_size: int = 1000, seed: int = 0,
+                 reward_scale: str = "pm1"):
+        if template is not None and QUESTION not in template:
+            raise ConfigError("task.template", template, f"a string containing {QUESTION}")
+        self.reward_scale = reward_scale
+        problems = load_problems(path, question_column, answer_column, template)
+        if held_out_path is not None:
+            self._train = problems
+            held = load_problems(held_out_path, question_column, answer_column, template)
+        else:
+            if not 0 < held_out_fraction < 1:
+                raise ConfigError("task.held_out_fraction", held_out_fraction, "a number in (0, 1)")
+            order = np.random.default_rng(seed).permutation(len(problems))
+            n_held = max(1, round(held_out_fraction * len(problems)))
+            if n_held >= len(problems):
+                raise DatasetError(path, f"{len(problems)} rows leave none for training after the held-out split")
+            held = [problems[i] for i in sorted(order[:n_held])]
+            self._train = [problems[i] for i in sorted(order[n_held:])]
+        # held_out_size caps what is evaluated; the rest of the split is still never trained on.
+        self._held_out = held[:held_out_size]
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Problem]:
+        idx = rng.choice(len(self._train), size=n, replace=n > len(self._train))
+        return [self._train[i] for i in idx]
+
+    def held_out(self) -> list[Problem]:
+        return list(self._held_out)
+
+    def score(self, response: str, problem: Problem) -> Score:
+        return score_boxed(response, problem, self.reward_scale)
+
+
+@TASKS.register("file")
+def _build_file(cfg) -> FileTask:
+    return FileTask(cfg.path, cfg.question_column, cfg.answer_column, cfg.template, cfg.held_out_path,
+                    cfg.held_out_fraction, cfg.held_out_size, cfg.seed, cfg.reward_scale)

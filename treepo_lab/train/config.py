@@ -1,0 +1,71 @@
+"""Trainer and evaluation configuration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from treepo_lab.registry import ConfigError
+
+EVAL_SAMPLERS = ("sequential", "tree")
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 60  # training steps (one rollout + PPO update each)
+    prompts_per_step: int = 8  # prompts per rollout (each gets w leaves)
+    mini_batch_prompts: int = 8  # prompts per optimizer step (ppo_mini_batch_size)
+    micro_batch_size: int = 64  # trajectories per forward/backward (memory knob; no effect on maths)
+    ppo_epochs: int = 1
+    lr: float = 5e-5
+    warmup_steps: int = 20  # linear warm-up, then constant
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_wall_s: float = 0.0  # stop training after this many seconds (<= 0: off)
+    reward_timeout_s: float = 5.0  # a reward call slower than this scores the leaf as wrong
+    eval_every: int = 20  # steps between held-out evaluations (<= 0: only before and after)
+    eval_before: bool = True
+    save_every: int = 20  # steps between checkpoints (<= 0: only at the end)
+    keep_last: int = 2  # checkpoints kept
+    output_dir: str = "runs"  # checkpoints go to <output_dir>/<run name>/
+
+    def validate(self) -> None:
+        for key in ("steps", "prompts_per_step", "mini_batch_prompts", "micro_batch_size", "ppo_epochs", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key}", getattr(self, key), "an integer >= 1")
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ConfigError("trainer.mini_batch_prompts", self.mini_batch_prompts,
+                              f"a divisor of trainer.prompts_per_step={self.prompts_per_step}")
+        if not self.lr > 0:
+            raise ConfigError("trainer.lr", self.lr, "a number > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError("trainer.warmup_steps", self.warmup_steps, "an integer >= 0")
+        if self.grad_clip <= 0:
+            raise ConfigError("trainer.grad_clip", self.grad_clip, "a number > 0")
+        if self.weight_decay < 0:
+            raise ConfigError("trainer.weight_decay", self.weight_decay, "a number >= 0")
+        if self.reward_timeout_s <= 0:
+            raise ConfigError("trainer.reward_timeout_s", self.reward_timeout_s, "a number > 0")
+
+
+@dataclass
+class EvalConfig:
+    n_problems: int = 1000  # held-out problems evaluated
+    k: int = 1  # samples per problem: avg@k, pass@k, maj@k
+    temperature: float = 0.0  # 0 = greedy (then k must be 1)
+    top_p: float = 1.0
+    sampler: str = "sequential"  # sequential | tree (test-time tree sampling, paper Table 2 / Fig. 9)
+    batch_size: int = 256  # problems per generation batch
+    n_samples_logged: int = 8  # example outputs logged/printed
+
+    def validate(self) -> None:
+        if self.n_problems < 1:
+            raise ConfigError("eval.n_problems", self.n_problems, "an integer >= 1")
+        if self.k < 1:
+            raise ConfigError("eval.k", self.k, "an integer >= 1")
+        if self.temperature < 0:
+            raise ConfigError("eval.temperature", self.temperature, "a number >= 0 (0 = greedy)")
+        if self.temperature == 0 and self.k != 1:
+            raise ConfigError("eval.k", self.k, "1 when eval.temperature=0 (greedy samples are identical)")
+        if self.sampler not in EVAL_SAMPLERS:
+            raise ConfigError("eval.sampler", self.sampler, f"one of {', '.join(EVAL_SAMPLERS)}")
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")

@@ -1,0 +1,89 @@
+"""Held-out evaluation: avg@k, pass@k and maj@k with sequential (default) or tree sampling.
+
+Greedy evaluation (temperature 0) samples with top_k=1, i.e. argmax decoding through the same engine
+and sampler, so its compute is counted the same way as training rollouts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+
+import numpy as np
+
+from treepo_lab.rollout.config import SamplerConfig
+from treepo_lab.rollout.sampler import build_sampler
+from treepo_lab.tasks.verify import is_equivalent, last_boxed
+from treepo_lab.train.config import EvalConfig
+
+
+def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
+    greedy = ev.temperature == 0
+    return dataclasses.replace(
+        sampler,
+        kind=ev.sampler,
+        width=ev.k,
+        temperature=1.0 if greedy else ev.temperature,
+        top_k=1 if greedy else -1,
+        top_p=1.0 if greedy else ev.top_p,
+        init_div_range=None,
+        fallback_cut=sampler.fallback_cut if ev.sampler == "tree" else "no_fallback",
+    )
+
+
+def majority_correct(responses: list[str], reference: str) -> bool:
+    votes = Counter(a.strip() for a in (last_boxed(r) for r in responses) if a is not None and a.strip())
+    if not votes:
+        return False
+    return is_equivalent(votes.most_common(1)[0][0], reference)
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of 0/1 (or real) values."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    return (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+
+
+def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: SamplerConfig, encode, decode,
+             seed: int = 0, progress=None) -> tuple[dict, list[dict]]:
+    """Score `problems`; returns (metrics, per-problem records with sample outputs)."""
+    scfg = eval_sampler_config(sampler, ev)
+    smp = build_sampler(scfg, engine, decode, tokenizer.eos_token_id)
+    before = engine.counters.snapshot()
+    t0 = time.perf_counter()
+    records = []
+    for start in range(0, len(problems), ev.batch_size):
+        chunk = problems[start : start + ev.batch_size]
+        result = smp.rollout([encode(p.prompt) for p in chunk], seed=seed + start)
+        for prob, tree in zip(chunk, result.trees):
+            texts = [decode(tree.response_tokens(leaf)) for leaf in tree.leaves]
+            correct = [task.score(t, prob).correct for t in texts]
+            records.append({
+                "id": prob.id, "prompt": prob.prompt, "answer": prob.answer, "responses": texts,
+                "correct": correct, "length": [len(tree.response_tokens(lf)) for lf in tree.leaves],
+                "maj_correct": majority_correct(texts, prob.answer),
+            })
+        if progress is not None:
+            progress(len(chunk))
+    wall = time.perf_counter() - t0
+    used = engine.counters.since(before)
+    k = ev.k
+    acc = [float(np.mean(r["correct"])) if r["correct"] else 0.0 for r in records]
+    metrics = {
+        f"eval/avg_at_{k}": float(np.mean(acc)),
+        f"eval/pass_at_{k}": float(np.mean([any(r["correct"]) for r in records])),
+        f"eval/maj_at_{k}": float(np.mean([r["maj_correct"] for r in records])),
+        "eval/accuracy": float(np.mean(acc)),
+        "eval/response_length": float(np.mean([np.mean(r["length"]) for r in records if r["length"]] or [0])),
+        "eval/decoded_tokens": used.decoded_tokens,
+        "eval/prefill_tokens": used.prefill_tokens,
+        "eval/wall_s": wall,
+        "eval/n_problems": len(records),
+    }
+    lo, hi = bootstrap_ci(acc)
+    metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = lo, hi
+    return metrics, records
