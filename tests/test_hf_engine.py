@@ -10,6 +10,7 @@ import random
 import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from treepo_lab.engines import build_engine
 from treepo_lab.engines import hf
@@ -139,6 +140,35 @@ def test_broken_fork_is_caught(model, monkeypatch, broken):
         assert_matches_recompute(model, paths, sampling)
 
 
+def test_append_layer_matches_dynamic_layer():
+    # the in-place KV layer against transformers' own: appends, row selections (repeats, growth,
+    # shrinking), dropped leading columns and headroom hints in random order
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    fast, ref = hf.AppendLayer(), DynamicLayer()
+    rows = 5
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.5 or not ref.is_initialized:
+            k = torch.randn(rows, 2, rng.randint(1, 3), 4)
+            v = torch.randn(rows, 2, k.shape[2], 4)
+            out = fast.update(k, v)
+            ref.update(k, v)
+            assert torch.equal(out[0], ref.keys) and torch.equal(out[1], ref.values)
+        elif op < 0.75:
+            idx = torch.tensor([rng.randrange(rows) for _ in range(rng.randint(1, rows + 2))])
+            fast.batch_select_indices(idx)
+            ref.batch_select_indices(idx)
+            rows = len(idx)
+        elif op < 0.9 and ref.keys.shape[2] > 1:
+            cut = rng.randint(1, ref.keys.shape[2] - 1)
+            fast.keys, fast.values = fast.keys[:, :, cut:], fast.values[:, :, cut:]
+            ref.keys, ref.values = ref.keys[:, :, cut:], ref.values[:, :, cut:]
+        else:
+            fast.headroom = rng.choice([None, 0, 1, 5])
+        assert torch.equal(fast.keys, ref.keys) and torch.equal(fast.values, ref.values)
+
+
 def test_seeded_generation_is_reproducible(model):
     reqs = [SegmentRequest(i, [2 + i, 5, 7][: i + 1]) for i in range(3)]
     sampling = SamplingParams(temperature=1.0)
@@ -160,34 +190,34 @@ def frequent_token(model) -> int:
 def test_eos_stops_rows_and_compaction_keeps_exactness(model):
     eos = frequent_token(model)
     engine = HFEngine(model, eos_token_id=eos, pad_token_id=PAD)
+    sampling = SamplingParams(temperature=1.0)
+    reqs = [SegmentRequest(i, [c for c in range(2, 2 + 1 + i % 5) if c != eos]) for i in range(24)]
     batch_sizes = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
     try:
-        reqs = [SegmentRequest(i, [c for c in range(2, 2 + 1 + i % 5) if c != eos]) for i in range(16)]
-        sampling = SamplingParams(temperature=1.0)
-        outs = engine.generate(reqs, 12, sampling, seed=3)
+        outs = engine.generate(reqs, 16, sampling, seed=3)
     finally:
         hook.remove()
-    early = [o for o in outs if o.eos]
-    assert early and len(early) < len(outs), "the test needs some rows to stop early and some not"
+    ended = [r for r, o in zip(reqs, outs) if o.eos]
+    assert 3 <= len(ended) < len(outs) - 3, "the test needs some rows to stop early and some not"
     for o in outs:
         assert (o.tokens[-1] == eos) == o.eos and eos not in o.tokens[:-1]
-        assert o.eos or len(o.tokens) == 12
+        assert o.eos or len(o.tokens) == 16
     decode = batch_sizes[1:]  # after the one prefill forward
-    assert decode == sorted(decode, reverse=True) and decode[-1] < decode[0]  # finished rows left the batch
-    assert len(decode) == max(len(o.tokens) for o in outs)
+    # each finished row left the batch at once
+    assert len(decode) == 16 and decode == sorted(decode, reverse=True)
+    assert decode[-1] == len(outs) - sum(len(o.tokens) < 16 for o in outs)
     paths = {r.path_id: (r.context, o.tokens, o.logprobs, o.entropies) for r, o in zip(reqs, outs)}
     assert_matches_recompute(model, paths, sampling)
-    # an EOS-ended path is gone; a surviving one continues exactly
-    ended = next(r for r, o in zip(reqs, outs) if o.eos)
+    # an EOS-ended path is gone; the survivors (moved around by compaction) fork on exactly
     with pytest.raises(ValueError, match="not live"):
-        engine.generate([SegmentRequest(100, ended.context + outs[ended.path_id].tokens, ended.path_id)], 4, sampling, 0)
-    engine = HFEngine(model, eos_token_id=eos, pad_token_id=PAD)
-    outs = engine.generate(reqs, 12, sampling, seed=3)
-    r, o = next((r, o) for r, o in zip(reqs, outs) if not o.eos)
-    more = engine.generate([SegmentRequest(100, r.context + o.tokens, r.path_id)], 6, sampling, seed=4)[0]
-    assert_matches_recompute(model, {0: (r.context, o.tokens + more.tokens, o.logprobs + more.logprobs,
-                                         o.entropies + more.entropies)}, sampling)
+        engine.generate([SegmentRequest(100, ended[0].context + paths[ended[0].path_id][1], ended[0].path_id)], 4, sampling, 0)
+    live = [r.path_id for r, o in zip(reqs, outs) if not o.eos]
+    forks = [SegmentRequest(100 + k, paths[p][0] + paths[p][1], p) for k, p in enumerate(live * 2)]
+    for r, o in zip(forks, engine.generate(forks, 6, sampling, seed=4)):
+        base = paths[r.parent_id]
+        paths[r.path_id] = (base[0], base[1] + o.tokens, base[2] + o.logprobs, base[3] + o.entropies)
+    assert_matches_recompute(model, paths, sampling)
 
 
 def test_counters_add_up(model):

@@ -37,13 +37,15 @@ def configs(draw):
     cut = draw(st.sampled_from(fallback.CUT_POLICIES.names()))
     aligned = draw(st.booleans())
     window = draw(st.sampled_from([-1, 0, l, 2 * l] if aligned else [-1, l + 1, 2 * l + 1]))
-    init = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(0, 6)).map(lambda t: [t[0], t[0] + t[1]])))
+    ranges = st.tuples(st.integers(1, 4), st.integers(0, 6)).map(lambda t: [t[0], t[0] + t[1]])
+    init = draw(st.one_of(st.none(), ranges))
     d = draw(st.integers(1, 5))
     return SamplerConfig(
         kind=draw(st.sampled_from(["tree", "tree", "tree", "sequential"])),
         width=draw(st.integers(1, 8)), max_depth=d, segment_len=l, branch=draw(st.integers(1, 4)),
         init_div_range=init,
-        budget_control=draw(st.sampled_from(["by_fixed_div", "by_random_div_1to3", "by_infer_step_token_budget"])),
+        budget_control=draw(st.sampled_from(
+            ["by_fixed_div", "by_random_div_1to3", "by_infer_step_token_budget"])),
         step_token_budget=draw(st.integers(1, 64)),
         div_policy=draw(st.sampled_from(divergence.DIV_POLICIES.names())),
         div_temperature=draw(st.sampled_from([0.5, 1.0, 2.0])),
@@ -51,7 +53,8 @@ def configs(draw):
         repetition_policy=draw(st.sampled_from(["least_prioritized", "most_prioritized"])),
         repetition_window=draw(st.integers(1, 4)), repetition_count=draw(st.integers(2, 6)),
         min_len=draw(st.sampled_from([-1, 0, min(3, d * l)])),
-        fallback_candidates=draw(st.sampled_from(fallback.CANDIDATE_POLICIES.names() + ["boxed_ge_window_1"])),
+        fallback_candidates=draw(st.sampled_from(
+            [*fallback.CANDIDATE_POLICIES.names(), "boxed_ge_window_1"])),
         fallback_cut=cut, fallback_window=window, require_aligned_window=aligned,
         max_fallback_window=draw(st.sampled_from([-1] if cut == "min_logprob_token" else [-1, 1, 2, 3])),
         fallback_block_size=draw(st.integers(1, 5)),
@@ -72,7 +75,8 @@ def test_tree_invariants(cfg, n_prompts, seed, p_eos, p_box):
     for r, tree in enumerate(trees):
         # exactly w leaves unless fallback is off (or dropped short paths exhausted the rounds)
         assert len(tree.leaves) <= w
-        if cfg.kind == "tree" and cfg.fallback_cut != "no_fallback" and stats.fallback_rounds[r] < cfg.max_fallback_rounds:
+        refilled = cfg.kind == "tree" and cfg.fallback_cut != "no_fallback"
+        if refilled and stats.fallback_rounds[r] < cfg.max_fallback_rounds:
             assert len(tree.leaves) == w
         for leaf in tree.leaves:
             assert 1 <= len(leaf.node_path) <= d
@@ -86,12 +90,13 @@ def test_tree_invariants(cfg, n_prompts, seed, p_eos, p_box):
             lps = tree.response_logprobs(leaf)
             assert len(lps) == len(resp)
             assert lps == [default_logprob(prompts[r] + resp[:i], t) for i, t in enumerate(resp)]
-            assert [n.depth for n in map(tree.nodes.get, leaf.node_path)] == list(range(1, len(leaf.node_path) + 1))
+            depths = [tree.nodes[nid].depth for nid in leaf.node_path]
+            assert depths == list(range(1, len(leaf.node_path) + 1))
             last = tree.nodes[leaf.node_path[-1]]
             assert last.finish_reason == leaf.finish_reason and leaf.finish_reason in FinishReason.PRIORITY
             for nid, gid in zip(leaf.node_path, tree.group_path(leaf)):
                 node, orig = tree.nodes[nid], tree.nodes[gid]
-                assert orig.tokens[:len(node.tokens)] == node.tokens  # a partial copy is a prefix of its original
+                assert orig.tokens[:len(node.tokens)] == node.tokens  # partial copy = prefix of original
         # JSON round trip
         back = Tree.from_dict(json.loads(json.dumps(tree.to_dict())))
         assert back.to_dict() == tree.to_dict()
@@ -102,11 +107,13 @@ def test_tree_invariants(cfg, n_prompts, seed, p_eos, p_box):
     generated_nodes = [n for t in trees for n in t.nodes.values() if n.group_id is None]
     assert sum(stats.requests_per_step) == len(generated_nodes) == sum(len(c) for c in engine.calls)
     assert stats.steps == len(engine.calls) == engine.counters.forward_calls
-    truncated = sum(len(engine.seqs[n.node_id]) for n in generated_nodes) - sum(
-        len(t.prompt_ids) + len(t.tokens_to(n.node_id)) for t in trees for n in t.nodes.values() if n.group_id is None)
-    assert truncated == 0  # well-behaved engine: nothing beyond d*l
+    for t in trees:  # well-behaved engine: nothing was cut at d*l, every node holds what was generated
+        for n in t.nodes.values():
+            if n.group_id is None:
+                assert engine.seqs[n.node_id] == t.prompt_ids + t.tokens_to(n.node_id)
     m = result.metrics()
     assert m["rollout/decoded_tokens"] == sum(len(n.tokens) for n in generated_nodes)
+    assert m["rollout/prefill_tokens"] == sum(len(r.context) for c in engine.calls for r in c if r.parent_id is None)
     assert m["rollout/generated_tokens"] == sum(len(t.response_tokens(lf)) for t in trees for lf in t.leaves)
     assert m["rollout/n_traj"] == sum(len(t.leaves) for t in trees)
     assert m["tree/fallback_count"] == sum(n.from_fallback for n in generated_nodes)

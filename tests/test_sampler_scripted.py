@@ -260,7 +260,8 @@ def test_candidate_policies():
     assert [c.leaf.finish_reason for c in strict] == [FR.FINISHED, FR.EOS, FR.MAX_LENGTH, FR.REPETITION]
     soft = fallback.candidate_policy("soft_boxed_and_eos")(cands, cfg, rng)
     assert {c.leaf.finish_reason for c in soft} == {FR.FINISHED, FR.EOS}
-    assert [c.leaf.node_path for c in fallback.candidate_policy("boxed_ge_window_2")(cands, cfg, rng)] == [[1]]
+    long_boxed = fallback.candidate_policy("boxed_ge_window_2")(cands, cfg, rng)
+    assert [c.leaf.node_path for c in long_boxed] == [[1]]
     assert fallback.candidate_policy("boxed_ge_window_3")(cands, cfg, rng) == []
     firsts = Counter(fallback.candidate_policy("finished_first")(cands, cfg, rng)[0].leaf.finish_reason
                      for _ in range(2000))
@@ -289,17 +290,20 @@ def test_no_fallback_leaves_the_group_short():
 
 def test_repetition_threshold():
     assert not stopping.has_repetition("a" * 38) and stopping.has_repetition("a" * 39)
-    assert stopping.has_repetition("ab" * 10, window=4, count=8) and not stopping.has_repetition("abc" * 3, 4, 8)
+    assert stopping.has_repetition("ab" * 10, window=4, count=8)
+    assert not stopping.has_repetition("abc" * 3, window=4, count=8)
     go, stop = run(lambda r, c, i: "a" * 38, width=1, branch=1, max_depth=2, segment_len=40)[0], \
         run(lambda r, c, i: "a" * 39, width=1, branch=1, max_depth=2, segment_len=40)[0]
     assert go.trees[0].leaves[0].finish_reason == FR.MAX_DEPTH and len(go.trees[0].leaves[0].node_path) == 2
-    assert stop.trees[0].leaves[0].finish_reason == FR.REPETITION and len(stop.trees[0].leaves[0].node_path) == 1
+    leaf = stop.trees[0].leaves[0]
+    assert leaf.finish_reason == FR.REPETITION and len(leaf.node_path) == 1
 
 
 def test_repetition_priority():
     seg = lambda r, c, i: [BOX] + enc("a" * 39)
     last = run(seg, width=1, branch=1, segment_len=50)[0].trees[0].leaves[0]
-    first = run(seg, width=1, branch=1, segment_len=50, repetition_policy="most_prioritized")[0].trees[0].leaves[0]
+    res, _ = run(seg, width=1, branch=1, segment_len=50, repetition_policy="most_prioritized")
+    first = res.trees[0].leaves[0]
     assert last.finish_reason == FR.FINISHED and first.finish_reason == FR.REPETITION
 
 
@@ -414,7 +418,8 @@ BAD = [
     ({"div_temperature": 0.0}, "sampler.div_temperature"),
     ({"div_temp_schedule": DivTempSchedule(kind="cosine")}, "sampler.div_temp_schedule.kind"),
     ({"div_temp_schedule": DivTempSchedule(min_temp=-1.0)}, "sampler.div_temp_schedule.min_temp"),
-    ({"div_temp_schedule": DivTempSchedule(min_temp=5.0, max_temp=1.0)}, "sampler.div_temp_schedule.min_temp"),
+    ({"div_temp_schedule": DivTempSchedule(min_temp=5.0, max_temp=1.0)},
+     "sampler.div_temp_schedule.min_temp"),
     ({"boxed_eos_policy": "eos_only"}, "sampler.boxed_eos_policy"),
     ({"repetition_policy": "never"}, "sampler.repetition_policy"),
     ({"repetition_window": 0}, "sampler.repetition_window"),

@@ -113,10 +113,8 @@ def _engine_for(cfg, model_dir):
     from treepo_lab.models.load import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(model_dir, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
-    opts = {k: v for k, v in vars(cfg.engine).items() if k != "name"}
-    if cfg.engine.name == "vllm":
-        opts["model_path"] = model_dir
-    return build_engine(cfg.engine.name, model, tok, **opts), tok
+    return build_engine(cfg.engine.name, model_dir if cfg.engine.name == "vllm" else model, tok,
+                        **vars(cfg.engine)), tok
 
 
 def cmd_eval(args):
@@ -253,8 +251,11 @@ def user_error_line(err: BaseException) -> str | None:
         return f"a YAML file is malformed: {' '.join(str(err).split())}"
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         # Hydra's messages are long; the first line names the bad override or key
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-        return " ".join(lines[:3])
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()][:2]
+        cause = err.__cause__
+        if cause is not None and str(cause).strip():
+            lines.append(str(cause).strip().splitlines()[0])  # e.g. why a value could not be converted
+        return " ".join(lines)
     return None
 
 

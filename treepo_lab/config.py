@@ -101,6 +101,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("sampler.max_depth", cfg.sampler.max_depth,
                           f"max_depth*segment_len={cfg.sampler.max_response_len} below engine.max_model_len="
                           f"{cfg.engine.max_model_len} minus the prompt length")
+    if cfg.engine.name == "vllm" and cfg.model.path is None:
+        tiny = cfg.warmstart.tiny
+        if tiny.hidden_size // tiny.num_heads < 32:
+            raise ConfigError("warmstart.tiny.num_heads", tiny.num_heads,
+                              f"at most hidden_size/32={tiny.hidden_size // 32}: vLLM's CPU attention needs head_dim >= 32")
+    if cfg.engine.name == "vllm" and cfg.sampler.div_policy == "entropy_weighted_div" and cfg.engine.n_logprobs != -1:
+        raise ConfigError("engine.n_logprobs", cfg.engine.n_logprobs,
+                          "-1 with sampler.div_policy=entropy_weighted_div on vLLM (exact entropies need the full distribution)")
     if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
         raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
     return cfg

@@ -17,9 +17,11 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.6  # vLLM: fraction of GPU memory for weights + KV cache
     tensor_parallel_size: int = 1  # vLLM
     block_size: int = 32  # vLLM KV block; the CPU build rejects 16, 128 gets no hits on short prompts
-    max_model_len: int = 1024  # vLLM: prompt + response tokens
+    max_model_len: int = 512  # vLLM: prompt + response tokens (the embedded model has 512 positions)
     enforce_eager: bool = True  # vLLM: True starts in seconds; False (CUDA graphs) is faster on GPU
-    n_logprobs: int = 0  # top-k log-probs returned besides the sampled token's (vLLM)
+    # vLLM: top-k log-probs returned besides the sampled token's; -1 = the whole vocabulary, which gives
+    # exact entropies (needed by entropy_weighted_div); 0 = sampled token only (entropy NaN)
+    n_logprobs: int = 0
 
     def validate(self) -> None:
         if self.name not in ENGINES:
@@ -34,5 +36,5 @@ class EngineConfig:
             raise ConfigError("engine.block_size", self.block_size, "a positive multiple of 16 (32 on CPU)")
         if self.max_model_len < 2:
             raise ConfigError("engine.max_model_len", self.max_model_len, "an integer >= 2")
-        if self.n_logprobs < 0:
-            raise ConfigError("engine.n_logprobs", self.n_logprobs, "an integer >= 0")
+        if self.n_logprobs < -1:
+            raise ConfigError("engine.n_logprobs", self.n_logprobs, "-1 (whole vocabulary) or an integer >= 0")

@@ -47,10 +47,9 @@ def _build_hf(model, tokenizer, **opts) -> Engine:
 
 @ENGINES.register("vllm")
 def _build_vllm(model, tokenizer, **opts) -> Engine:
-    # Hook for the vLLM engine (written separately): it should live in treepo_lab/engines/vllm.py
-    # and expose build(model, tokenizer, **opts) -> Engine.
+    # vLLM is imported lazily: the HF path must work without it installed
     try:
-        from treepo_lab.engines.vllm import build
+        from treepo_lab.engines.vllm_engine import build
     except ImportError as err:
         raise ImportError(f"the vLLM engine is not available ({err}); install the [vllm] extra") from err
     return build(model, tokenizer, **opts)

@@ -19,7 +19,8 @@ _LEGAL_KEY = re.compile(r"[A-Za-z0-9_\-./ ]+")
 def unique_tree_tokens(tree: Tree) -> int:
     """Prompt + every generated segment once. A partial copy (fallback cut inside a segment) repeats
     tokens of its original and is not counted."""
-    generated = sum(len(n.tokens) for n in tree.nodes.values() if n.group_id is None or n.group_id == n.node_id)
+    originals = (n for n in tree.nodes.values() if n.group_id is None or n.group_id == n.node_id)
+    generated = sum(len(n.tokens) for n in originals)
     return len(tree.prompt_ids) + generated
 
 

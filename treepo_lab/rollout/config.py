@@ -77,7 +77,8 @@ def _is_num(v) -> bool:
 
 
 def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
-    """Check every knob before any compute; raise ConfigError (key, value, what is allowed) on the first bad one."""
+    """Check every knob before any compute; raise ConfigError (key, value, what is allowed) on the
+    first bad one. Names of policies are checked against their registries."""
     from treepo_lab.registry import ConfigError
     from treepo_lab.rollout import divergence, fallback  # lazy: they import this module's types
 
@@ -109,13 +110,15 @@ def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
         if len(rng) != 2 or not all(_is_int(x) for x in rng):
             bad("init_div_range", cfg.init_div_range, "null (fixed b) or [m, n]: two integers")
         if rng[0] < 1 or rng[0] > rng[1]:
-            bad("init_div_range", cfg.init_div_range, "[m, n] with 1 <= m <= n (values above width are capped at width)")
+            bad("init_div_range", cfg.init_div_range,
+                "[m, n] with 1 <= m <= n (values above width are capped at width)")
 
     bc = cfg.budget_control
     if bc not in divergence.FIXED_BUDGET_CONTROLS:
         mn = divergence.parse_random_div(bc)
         if mn is None:
-            bad("budget_control", bc, f"one of {', '.join(divergence.FIXED_BUDGET_CONTROLS)} or by_random_div_{{m}}to{{n}}")
+            bad("budget_control", bc,
+                f"one of {', '.join(divergence.FIXED_BUDGET_CONTROLS)} or by_random_div_{{m}}to{{n}}")
         if mn[0] < 1 or mn[0] > mn[1]:
             bad("budget_control", bc, "by_random_div_{m}to{n} with 1 <= m <= n")
     need_int("step_token_budget", 1)
@@ -129,15 +132,17 @@ def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
     need_positive("div_temp_schedule", sched.min_temp, "div_temp_schedule.min_temp")
     need_positive("div_temp_schedule", sched.max_temp, "div_temp_schedule.max_temp")
     if sched.min_temp > sched.max_temp:
-        bad("div_temp_schedule.min_temp", sched.min_temp, f"a number <= div_temp_schedule.max_temp={sched.max_temp}")
+        bad("div_temp_schedule.min_temp", sched.min_temp,
+            f"a number <= div_temp_schedule.max_temp={sched.max_temp}")
 
     need_choice("boxed_eos_policy", BOXED_EOS_POLICIES)
     need_choice("repetition_policy", REPETITION_POLICIES)
     need_int("repetition_window", 1)
     need_int("repetition_count", 1)
     if not _is_int(cfg.min_len) or cfg.min_len > cfg.max_response_len:
-        bad("min_len", cfg.min_len, f"an integer <= max_depth*segment_len={cfg.max_response_len} (<= 0: off); "
-                                    "a longer minimum can never be met")
+        bad("min_len", cfg.min_len,
+            f"an integer <= max_depth*segment_len={cfg.max_response_len} (<= 0: off); "
+            "a longer minimum can never be met")
 
     cand = cfg.fallback_candidates
     n = fallback.parse_boxed_ge_window(cand)
@@ -155,8 +160,8 @@ def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
             "require_aligned_window=false to allow cuts inside segments")
     need_int("max_fallback_window", -(2**62), "an integer (<= 0: unlimited)")
     if cfg.fallback_cut == "min_logprob_token" and cfg.max_fallback_window > 0:
-        bad("max_fallback_window", cfg.max_fallback_window, "<= 0 with fallback_cut=min_logprob_token "
-                                                             "(the cut is the argmin over the whole response)")
+        bad("max_fallback_window", cfg.max_fallback_window,
+            "<= 0 with fallback_cut=min_logprob_token (the cut is the argmin over the whole response)")
     need_int("fallback_block_size", 1)
     need_int("max_fallback_rounds", 1)
 
@@ -164,5 +169,5 @@ def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
     if not _is_num(cfg.top_p) or not 0 < cfg.top_p <= 1:
         bad("top_p", cfg.top_p, "a number in (0, 1]")
     need_int("top_k", -1, "-1 or 0 (off) or a positive integer")
-    need_int("seed", -(2**62), "an integer")
+    need_int("seed", 0)
     return cfg

@@ -145,7 +145,7 @@ def _segment_mean(p: ActivePath) -> float:
 
 def _segment_entropy(p: ActivePath) -> float:
     if not p.last_entropies:
-        raise RuntimeError("div_policy=entropy_weighted_div needs an engine that reports next-token entropies")
+        raise RuntimeError("div_policy=entropy_weighted_div needs an engine that reports entropies")
     return _mean(p.last_entropies)
 
 

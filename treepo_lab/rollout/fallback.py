@@ -223,7 +223,8 @@ def plan_fallback(tree: Tree, remaining: int, cfg, rng: np.random.Generator, cop
 
     `copies()` gives b for one candidate (drawn per candidate under by_random_div).
     """
-    cands = [Candidate(leaf, sum(tree.segment_lengths(leaf)), tree.response_logprobs(leaf)) for leaf in tree.leaves]
+    cands = [Candidate(leaf, sum(tree.segment_lengths(leaf)), tree.response_logprobs(leaf))
+             for leaf in tree.leaves]
     ordered = candidate_policy(cfg.fallback_candidates)(cands, cfg, rng)
     if not ordered:
         ordered = [None]  # nothing qualifies: restart from the prompt

@@ -101,14 +101,18 @@ class TreeSampler:
                 seed: int | None = None) -> RolloutResult:
         cfg, n = self.cfg, len(prompts)
         seed = cfg.seed if seed is None else seed
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         rng = np.random.default_rng(seed)
         temperature = divergence.div_temperature(cfg, step, total_steps)
-        stats = RolloutStats(n_prompts=n, max_depth=cfg.max_depth, div_temperature=temperature, fallback_requests=[0] * n,
-                             fallback_rounds=[0] * n, finished_at_first_fallback=[None] * n)
+        stats = RolloutStats(n_prompts=n, max_depth=cfg.max_depth, div_temperature=temperature,
+                             fallback_requests=[0] * n, fallback_rounds=[0] * n,
+                             finished_at_first_fallback=[None] * n)
         meta = {"sampler": asdict(cfg), "seed": seed, "div_temperature": temperature}
         trees = [Tree(prompt_ids=list(p), prompt_text=self.decode(list(p)), meta=dict(meta)) for p in prompts]
         self._next_id, self._seed = 0, seed
-        queue = [_Path(r, None, [], live=False) for r in range(n) for _ in range(self._initial_copies(rng, n))]
+        queue = [_Path(r, None, [], live=False)
+                 for r in range(n) for _ in range(self._initial_copies(rng, n))]
 
         before, t0 = self.engine.counters.snapshot(), time.perf_counter()
         try:
@@ -155,7 +159,7 @@ class TreeSampler:
             eos = stopping.has_eos(node.tokens, out.eos, self.eos)
             reason = stopping.stop_reason(cfg, node.text, eos, len(response), node.depth)
             if reason is None:
-                active[p.root].append(_Path(p.root, nid, response, live=True, fallback_count=p.fallback_count))
+                active[p.root].append(_Path(p.root, nid, response, True, p.fallback_count))
                 continue
             if len(response) > cfg.max_response_len:  # length cap: keep exactly d*l tokens
                 self._truncate(node, len(node.tokens) - (len(response) - cfg.max_response_len))
@@ -171,7 +175,8 @@ class TreeSampler:
         return active, finished_now
 
     def _truncate(self, node: Node, keep: int) -> None:
-        node.tokens, node.logprobs, node.entropies = node.tokens[:keep], node.logprobs[:keep], node.entropies[:keep]
+        node.tokens, node.logprobs, node.entropies = (node.tokens[:keep], node.logprobs[:keep],
+                                                      node.entropies[:keep])
         node.text = self.decode(node.tokens)
 
     def _next_queue(self, active, finished_now, trees, stats, rng, temperature) -> list[_Path]:
@@ -194,8 +199,8 @@ class TreeSampler:
             if stats.finished_at_first_fallback[root] is None:
                 stats.finished_at_first_fallback[root] = len(tree.leaves)
             stats.fallback_rounds[root] += 1
-            plan = fallback.plan_fallback(tree, missing, cfg, rng, lambda: divergence.branch_factor(cfg, rng, n),
-                                          self._new_id, self.decode)
+            copies = lambda: divergence.branch_factor(cfg, rng, n)  # b, drawn per candidate
+            plan = fallback.plan_fallback(tree, missing, cfg, rng, copies, self._new_id, self.decode)
             for restart in plan:
                 response = tree.tokens_to(restart.last)
                 stats.fallback_requests[root] += restart.copies

@@ -339,7 +339,7 @@ class Tracker:
         if exc is not None and not self._ended:
             try:  # the error, in the runs table, without opening logs
                 self.set_tag("treepo.error", f"{type(exc).__name__}: {exc}"[:8000])
-            except Exception:
+            except Exception:  # never let bookkeeping mask the original exception
                 log.exception("could not record the error on run %s", self.run_id)
         self.end(_status_for(exc))
 
@@ -369,7 +369,7 @@ class Tracker:
         prev = self._prev_sigterm
         try:
             self.end("KILLED")
-        except Exception:
+        except Exception:  # e.g. the store was mid-write: let __exit__ retry after the stack unwinds
             self._ended = False
             log.warning("could not mark run %s KILLED from the SIGTERM handler", self.run_id, exc_info=True)
         if callable(prev):  # an outer handler (e.g. the sweep's parent run) gets its turn

@@ -10,6 +10,7 @@ checkpoint continues exactly as the uninterrupted run would (CPU, one process).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -66,12 +67,14 @@ class Trainer:
         self.model, self.tokenizer = load_model_and_tokenizer(
             self.model_path, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
         self.task = build_task(cfg.task)
-        engine_opts = {k: v for k, v in vars(cfg.engine).items() if k != "name"}
-        if cfg.engine.name == "vllm":
-            engine_opts["model_path"] = self.model_path
-        self.engine = build_engine(cfg.engine.name, self.model, self.tokenizer, **engine_opts)
+        # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself
+        self.engine = build_engine(cfg.engine.name, self.model_path if cfg.engine.name == "vllm" else self.model,
+                                   self.tokenizer, **vars(cfg.engine))
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")
+        # a constant horizon keeps seq-mean-token-sum-norm exact across micro-batches (Dr.GRPO's normaliser)
+        self.loss_cfg = cfg.loss if cfg.loss.norm_horizon > 0 else \
+            dataclasses.replace(cfg.loss, norm_horizon=cfg.sampler.max_response_len)
         self.ref_model = None
         if cfg.loss.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -218,7 +221,7 @@ class Trainer:
                     lp, ent = token_logprobs(self.model, b["input_ids"], b["attention_mask"], temp, with_entropy=True)
                     loss, lm = self.loss_fn(
                         lp, place([old[j] for j in mic], mask), place([token_adv[j] for j in mic], mask), mask,
-                        cfg.loss, ref_logp=place([ref[j] for j in mic], mask) if ref else None, entropy=ent)
+                        self.loss_cfg, ref_logp=place([ref[j] for j in mic], mask) if ref else None, entropy=ent)
                     # weight so the mini-batch loss is the same whatever the micro-batch size
                     w = (mask.sum().item() / n_tok) if cfg.loss.loss_agg_mode == "token-mean" else len(mic) / len(idx)
                     if not torch.isfinite(loss):
@@ -309,7 +312,7 @@ class Trainer:
         metrics, records = self.evaluate()
         self._last_eval_records = records
         metrics["time/wall_s"] = self.wall_s
-        metrics.update({f"cumulative/{k}": v for k, v in self.cumulative.totals.items()})
+        metrics.update(self.cumulative.add({}))  # the running totals, unchanged
         self._log(metrics)
         if self.tracker is not None:
             self.tracker.log_dict(records[: self.cfg.eval.n_samples_logged], f"eval/samples_step{self.step:06d}.json")

@@ -1,0 +1,128 @@
+"""Trainer: smoke training on the tiny model, exact resume after a kill, the NaN guard, reward errors.
+
+The model is the embedded tiny Llama after a very short warm start (cached per test session), so
+these run the real forward/backward, real engine and real sampler in seconds.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from treepo_lab.config import load_config
+from treepo_lab.train import checkpoint as ckpt
+from treepo_lab.train.trainer import Trainer, TrainingDiverged
+
+# fast settings: a barely warm-started model, small trees, varying rewards through the overlong penalty
+# (a barely trained model is always wrong; the penalty still gives the leaves different rewards)
+FAST = [
+    "warmstart.steps=30", "warmstart.eval_size=0", "warmstart.batch_size=16",
+    "trainer.steps=3", "trainer.prompts_per_step=2", "trainer.mini_batch_prompts=1", "trainer.warmup_steps=0",
+    "trainer.lr=1e-3", "trainer.weight_decay=0.0", "trainer.eval_before=false", "trainer.eval_every=0",
+    "trainer.save_every=0", "sampler.width=4", "sampler.max_depth=4", "sampler.segment_len=8",
+    "sampler.fallback_block_size=8", "eval.n_problems=8", "eval.batch_size=8",
+    "reward.dynamic_sampling=false", "reward.overlong_buffer=24", "tracking.enabled=false",
+]
+
+
+@pytest.fixture(scope="session")
+def ws_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("warmstart"))
+
+
+def make_cfg(ws_cache, *extra, experiment="treepo_fixed_init"):
+    return load_config(experiment, FAST + [f"warmstart.cache_dir={ws_cache}", *extra])
+
+
+def test_three_steps_change_every_parameter(ws_cache):
+    trainer = Trainer(make_cfg(ws_cache))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    history = trainer.fit(progress=False)
+    unchanged = [n for n, p in trainer.model.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+    steps = [h for h in history if "actor/pg_loss" in h]
+    assert len(steps) == 3
+    assert all(math.isfinite(h["actor/grad_norm"]) for h in steps)
+    assert any(h["actor/grad_norm"] > 0 for h in steps)
+    assert all(h["cumulative/rollout/decoded_tokens"] > 0 for h in steps)
+    assert "eval/accuracy" in history[-1]  # a final evaluation
+
+
+def test_sequential_grpo_runs(ws_cache):
+    history = Trainer(make_cfg(ws_cache, "trainer.steps=1", experiment="grpo")).fit(progress=False)
+    assert [h for h in history if "actor/pg_loss" in h]
+
+
+TIMING = ("timing_s/", "time/", "rollout/traj_per_s", "rollout/tokens_per_s", "rollout/decode_tokens_per_s",
+          "rollout/forward_s", "rollout/overhead", "eval/wall_s", "cumulative/rollout/forward_s",
+          "cumulative/timing_s", "rollout/gen_s")
+
+
+def _comparable(h: dict) -> dict:
+    return {k: v for k, v in h.items() if not any(k.startswith(t) for t in TIMING)}
+
+
+def test_resume_after_kill_matches_uninterrupted_run(ws_cache, tmp_path):
+    extra = ["trainer.steps=4", "trainer.save_every=2", "trainer.eval_every=2", "trainer.eval_before=true"]
+    full = Trainer(make_cfg(ws_cache, *extra), run_dir=tmp_path / "full").fit(progress=False)
+
+    killed = Trainer(make_cfg(ws_cache, *extra), run_dir=tmp_path / "killed")
+    real_step = killed.train_step
+
+    def die_at_third(step):
+        if step == 2:
+            raise KeyboardInterrupt  # killed after the step-2 checkpoint was written
+        return real_step(step)
+
+    killed.train_step = die_at_third
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(progress=False)
+    last = ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints")
+    assert last is not None and last.name == "step-000002"
+
+    resumed = Trainer(make_cfg(ws_cache, *extra), run_dir=tmp_path / "killed", resume_from=last)
+    assert resumed.step == 2
+    after = resumed.fit(progress=False)
+    expect = [_comparable(h) for h in full if h["train/step"] > 2]
+    got = [_comparable(h) for h in after]
+    assert len(got) == len(expect) and got
+    for e, g in zip(expect, got):
+        assert e.keys() == g.keys()
+        for k in e:
+            assert e[k] == pytest.approx(g[k], rel=1e-6, abs=1e-9) or (math.isnan(e[k]) and math.isnan(g[k])), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws_cache, tmp_path):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=3", "trainer.save_every=1"), run_dir=tmp_path / "run")
+    real_loss = trainer.loss_fn
+
+    def nan_on_third(*args, **kwargs):
+        loss, m = real_loss(*args, **kwargs)
+        return (loss * float("nan"), m) if trainer.step == 2 else (loss, m)
+
+    trainer.loss_fn = nan_on_third
+    with pytest.raises(TrainingDiverged, match="non-finite loss"):
+        trainer.fit(progress=False)
+    good = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert good.name == "step-000002"
+    # the kept checkpoint is intact: it loads, and its weights are finite
+    fresh = Trainer(make_cfg(ws_cache), resume_from=good)
+    assert all(torch.isfinite(p).all() for p in fresh.model.parameters())
+
+
+def test_reward_exception_scores_wrong_and_is_counted(ws_cache):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1"))
+    real_score = trainer.task.score
+    calls = {"n": 0}
+
+    def flaky(text, problem):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise ZeroDivisionError("a broken reward function")
+        return real_score(text, problem)
+
+    trainer.task.score = flaky
+    metrics = trainer.train_step(0)
+    assert metrics["reward/errors"] == pytest.approx(calls["n"] // 2 + calls["n"] % 2)
+    assert metrics["reward/errors"] > 0
