@@ -14,3 +14,9 @@ def _fixed_seed():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def ws_cache(tmp_path_factory):
+    """One warm-start cache per test session: the short warm start of trainer tests is built once."""
+    return str(tmp_path_factory.mktemp("warmstart"))

@@ -26,11 +26,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="session")
-def ws_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("warmstart"))
-
-
 def make_cfg(ws_cache, *extra, experiment="treepo_fixed_init"):
     return load_config(experiment, FAST + [f"warmstart.cache_dir={ws_cache}", *extra])
 

@@ -208,6 +208,13 @@ def _summary(trainer, history):
         print(f"checkpoints: {trainer.run_dir / 'checkpoints'}")
 
 
+HINTS = {
+    "show": "treepo-lab list names the experiments; treepo-lab show experiment=<name> key=value checks a config",
+    "resume": "treepo-lab resume <MLflow run id | runs/<run> | runs/<run>/checkpoints/step-NNNNNN>",
+    "eval": "checkpoint= takes a checkpoint dir, a run dir or an MLflow run id; model.path= any HF model dir",
+    "rollout": "treepo-lab rollout n_prompts=4 out=trees.json [model.path=<HF dir>] [sampler.key=value ...]",
+}
+
 COMMANDS = {"demo": cmd_demo, "list": cmd_list, "show": cmd_show, "train": cmd_train, "warmstart": cmd_warmstart,
             "eval": cmd_eval, "rollout": cmd_rollout, "resume": cmd_resume}
 
@@ -230,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if line is None:
             raise
         print(f"treepo-lab {cmd}: {line}", file=sys.stderr)
-        print(f"hint: treepo-lab show experiment=<name> ... checks a config; treepo-lab list names the experiments",
-              file=sys.stderr)
+        print(f"hint: {HINTS.get(cmd, HINTS['show'])}", file=sys.stderr)
         return 2
     return 0
 

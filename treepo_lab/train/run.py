@@ -5,6 +5,7 @@ model is built, so a bad server fails fast and a crash anywhere after it marks t
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def find_checkpoint(ref: str) -> Path:
         return p
     if (p / "checkpoints").is_dir() and ckpt.latest_checkpoint(p / "checkpoints"):
         return ckpt.latest_checkpoint(p / "checkpoints")
-    if not p.exists():
+    if not p.exists() and re.fullmatch(r"[0-9a-f]{32}", ref):  # an MLflow run id
         import mlflow
 
         try:
