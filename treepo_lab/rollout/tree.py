@@ -117,6 +117,10 @@ class Tree:
 
     # ---- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        sampler = self.meta.get("sampler", {})
+        # what produced each leaf, repeated per leaf so a leaf read on its own is self-describing
+        origin = {"model_path": self.meta.get("model_path"), "seed": self.meta.get("seed"),
+                  **{k: sampler.get(k) for k in ("temperature", "top_p", "top_k")}}
         return {
             "prompt_ids": self.prompt_ids,
             "prompt_text": self.prompt_text,
@@ -124,7 +128,8 @@ class Tree:
             "meta": self.meta,
             "nodes": [asdict(n) for n in self.nodes.values()],
             "leaves": [
-                {**asdict(lf), "response_ids": self.response_tokens(lf), "group_path": self.group_path(lf)}
+                {**asdict(lf), "response_ids": self.response_tokens(lf), "group_path": self.group_path(lf),
+                 "full_ids": self.prompt_ids + self.response_tokens(lf), **origin}
                 for lf in self.leaves
             ],
         }

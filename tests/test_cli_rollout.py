@@ -1,0 +1,31 @@
+"""`treepo-lab rollout`: trees as JSON with the schema users and figures rely on."""
+from __future__ import annotations
+
+import json
+
+from test_trainer import FAST
+
+from treepo_lab.cli import main
+from treepo_lab.rollout.tree import trees_from_json
+
+
+def test_rollout_writes_inspectable_trees(tmp_path, ws_cache, capsys):
+    out = tmp_path / "trees.json"
+    over = [o for o in FAST if o.startswith(("warmstart.", "sampler."))]
+    assert main(["rollout", "n_prompts=2", f"out={out}", f"warmstart.cache_dir={ws_cache}", *over,
+                 "sampler.temperature=0.9", "seed=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "rollout/token_saving" in printed and "rollout/decoded_tokens" in printed
+    raw = json.loads(out.read_text())
+    assert len(raw) == 2
+    for tree in raw:
+        for node in tree["nodes"]:
+            assert {"tokens", "text", "logprobs", "entropies", "finish_reason", "depth"} <= node.keys()
+            assert len(node["tokens"]) == len(node["logprobs"]) == len(node["entropies"])
+        assert len(tree["leaves"]) == 4
+        for leaf in tree["leaves"]:
+            assert leaf["node_path"] and leaf["full_ids"][: len(tree["prompt_ids"])] == tree["prompt_ids"]
+            assert leaf["temperature"] == 0.9 and leaf["seed"] == 3 and leaf["model_path"]
+            assert leaf["correct"] in (True, False)
+    trees = trees_from_json(out)  # round trip
+    assert [len(t.leaves) for t in trees] == [4, 4]
