@@ -12,16 +12,15 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
-from treepo_lab.engines import build_engine
-from treepo_lab.engines import hf
-from treepo_lab.engines.base import SamplingParams, SegmentRequest
+from treepo_lab.engines import build_engine, hf, kv
+from treepo_lab.engines.base import Engine, SamplingParams, SegmentRequest
 from treepo_lab.engines.hf import HFEngine
 from treepo_lab.engines.logprobs import sequence_stats
 
 torch.set_num_threads(1)
 EOS, PAD, VOCAB = 1, 0, 40
 TOL = 1e-4
-REAL_FORK = hf.fork_cache
+REAL_FORK = kv.fork_cache
 SAMPLINGS = [
     SamplingParams(temperature=1.0),
     SamplingParams(temperature=0.7, top_k=8),
@@ -60,6 +59,7 @@ def run_tree(engine, sampling, seed, calls=4, seg=5):
             prompt, toks, _, _ = paths[rng.choice(sorted(paths))]
             full = prompt + toks
             fresh.append(full[: rng.randint(1, len(full))])
+        fresh.append(rng.choice(fresh))  # identical contexts are prefilled once and forked
         for ctx in fresh:
             reqs.append(SegmentRequest(next_id, ctx))
             next_id += 1
@@ -101,7 +101,7 @@ def test_forks_match_recompute(model, sampling):
 class SharedRowsCache(DynamicCache):
     """What a fork that shares rows instead of copying them amounts to: siblings forked from one
     parent read and write ONE storage row, and the last writer wins. (Real aliasing cannot be built
-    here: DynamicCache appends with torch.cat, and torch refuses in-place writes into aliased rows.)"""
+    in a batched cache: torch refuses in-place writes into rows that alias each other.)"""
 
     def __init__(self, kv, group):
         super().__init__(ddp_cache_data=kv)
@@ -134,7 +134,7 @@ def misrouted_fork(cache, rows):  # every child continues its neighbour's parent
 @pytest.mark.parametrize("broken", [shared_fork, misrouted_fork], ids=["shared-rows", "misrouted"])
 def test_broken_fork_is_caught(model, monkeypatch, broken):
     sampling = SamplingParams(temperature=1.0)
-    monkeypatch.setattr(hf, "fork_cache", broken)
+    monkeypatch.setattr(kv, "fork_cache", broken)
     paths = run_tree(HFEngine(model, EOS, PAD), sampling, seed=1)
     with pytest.raises(AssertionError):
         assert_matches_recompute(model, paths, sampling)
@@ -145,7 +145,7 @@ def test_append_layer_matches_dynamic_layer():
     # shrinking), dropped leading columns and headroom hints in random order
     rng = random.Random(0)
     torch.manual_seed(0)
-    fast, ref = hf.AppendLayer(), DynamicLayer()
+    fast, ref = kv.AppendLayer(), DynamicLayer()
     rows = 5
     for _ in range(300):
         op = rng.random()
@@ -238,6 +238,12 @@ def test_counters_add_up(model):
     assert d.prefill_tokens == 0  # forks reuse the parent's KV
     assert d.decoded_tokens == sum(len(o.tokens) for o in outs2)
     assert d.forward_calls == max(len(o.tokens) for o in outs2)  # no prefill forward
+    # identical fresh contexts are prefilled once; their copies still sample independently
+    before = engine.counters.snapshot()
+    dup = [SegmentRequest(30 + k, [3, 4, 5, 6]) for k in range(4)] + [SegmentRequest(40, [7, 8])]
+    outs3 = engine.generate(dup, 6, sampling, seed=2)
+    assert engine.counters.since(before).prefill_tokens == 4 + 2
+    assert len({tuple(o.tokens) for o in outs3[:4]}) > 1
 
 
 def test_one_token_contexts_and_forks_in_one_call(model):
@@ -279,11 +285,19 @@ def test_release_and_load_weights(model):
         engine.generate([SegmentRequest(10, r1.context + o1.tokens + more.tokens, 9)], 2, sampling, 0)
 
 
+def test_sampler_follows_the_distribution():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(50_000, 1)
+    freq = torch.bincount(hf._sample(probs, gen), minlength=6).float() / len(probs)
+    assert freq[[0, 2, 5]].sum() == 0  # filtered tokens are never drawn
+    assert torch.allclose(freq, probs[0], atol=0.01)
+
+
 def test_build_engine_hf(model):
     class Tok:
         eos_token_id, pad_token_id = EOS, None
 
     engine = build_engine("hf", model, Tok(), device="auto")
-    assert isinstance(engine, HFEngine) and engine.pad_token_id == EOS
+    assert isinstance(engine, HFEngine) and isinstance(engine, Engine) and engine.pad_token_id == EOS
     with pytest.raises(ValueError, match="one of"):
         build_engine("nope", model, Tok())

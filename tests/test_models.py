@@ -83,6 +83,8 @@ def test_warmstart_cache_key_and_atomic_write(tmp_path, monkeypatch):
     assert cache_key(_tiny_warmstart(tmp_path / "elsewhere")) == cache_key(cfg)
     assert cache_key(_tiny_warmstart(tmp_path, flaw_rate=0.5)) != cache_key(cfg)
     assert cache_key(_tiny_warmstart(tmp_path, task=TaskConfig(difficulty=3, held_out_size=20))) != cache_key(cfg)
+    # Evaluation-only task settings do not change the demonstrations, so not the key either.
+    assert cache_key(_tiny_warmstart(tmp_path, task=TaskConfig(held_out_size=7, seed=3))) == cache_key(cfg)
 
 
 def test_warmstart_ignores_an_entry_without_marker(tmp_path, monkeypatch):
@@ -105,3 +107,15 @@ def test_warmstart_failure_leaves_no_entry(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         warmstart(cfg)
     assert os.listdir(tmp_path / "cache") == []
+
+
+def test_evaluation_helpers_run_on_an_untrained_model():
+    from treepo_lab.models.warmstart import greedy_accuracy, mixed_fraction
+    from treepo_lab.tasks.config import build_task
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(SMALL, tok).eval()
+    task = build_task(TaskConfig(held_out_size=4))
+    assert greedy_accuracy(model, tok, task, task.held_out(), batch=2, max_new_tokens=8) == 0.0
+    mixed, acc = mixed_fraction(model, tok, task, task.held_out()[:2], n_samples=3, batch=4, max_new_tokens=8)
+    assert (mixed, acc) == (0.0, 0.0)

@@ -87,11 +87,12 @@ def cmd_resume(args):
 
 
 def cmd_warmstart(args):
+    from treepo_lab.config import warmstart_config
     from treepo_lab.models.warmstart import warmstart
 
     own, overrides = _split(args)
     cfg = _load(own, overrides)
-    path = warmstart(cfg.warmstart)
+    path = warmstart(warmstart_config(cfg))
     info = json.loads((path / "warmstart.json").read_text())
     print(f"warm-started model: {path}")
     for k in ("train_s", "greedy_accuracy", "mixed_fraction_16", "sample_accuracy_t1", "eval_problems"):
@@ -105,7 +106,9 @@ def _model_dir(own: dict, cfg) -> str:
 
     if "checkpoint" in own:
         return str(find_checkpoint(own["checkpoint"]) / "model")
-    return resolve_model(cfg.model, cfg.warmstart)
+    from treepo_lab.config import warmstart_config
+
+    return resolve_model(cfg.model, warmstart_config(cfg))
 
 
 def _engine_for(cfg, model_dir):

@@ -6,6 +6,7 @@ experiment with command-line overrides and validates everything before any compu
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
         raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
     return cfg
+
+
+def warmstart_config(cfg: ExperimentConfig) -> WarmstartConfig:
+    """The embedded model is warm-started on the experiment's own arithmetic task (its difficulty and
+    operand range), so `task.difficulty=3` trains and evaluates a model that has seen 3-step chains."""
+    if cfg.task.name == "arith":
+        return dataclasses.replace(cfg.warmstart, task=cfg.task)
+    return cfg.warmstart
 
 
 def load_config(name: str = "default", overrides: list[str] | None = None) -> ExperimentConfig:

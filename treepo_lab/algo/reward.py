@@ -10,16 +10,9 @@ from typing import Generic, TypeVar
 
 from treepo_lab.algo.config import RewardConfig
 from treepo_lab.rollout.tree import Tree
+from treepo_lab.tasks.base import reward_for
 
 T = TypeVar("T")
-
-
-def score_from_correct(correct: bool, scale: str = "pm1") -> float:
-    if scale == "pm1":
-        return 1.0 if correct else -1.0
-    if scale == "01":
-        return 1.0 if correct else 0.0
-    raise ValueError(f"unknown reward scale {scale!r}")
 
 
 def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0) -> float:
@@ -33,7 +26,7 @@ def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0
 
 
 def shape_reward(correct: bool, length: int, cfg: RewardConfig, max_len: int) -> float:
-    return score_from_correct(correct, cfg.scale) + overlong_penalty(
+    return reward_for(correct, cfg.scale) + overlong_penalty(
         length, max_len, cfg.overlong_buffer, cfg.overlong_penalty_factor)
 
 

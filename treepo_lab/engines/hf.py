@@ -1,4 +1,4 @@
-"""The HF engine: a manual decode loop over one batched transformers `DynamicCache`.
+"""The HF engine: a manual decode loop over one batched transformers `DynamicCache` (see kv.py).
 
 State between calls (one row per live path, rows left-padded to a common width T):
   cache  KV of context[:-1] of every live path, layers [rows, heads, T, head_dim]
@@ -19,205 +19,19 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from treepo_lab.engines import kv
 from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
 from treepo_lab.engines.logprobs import entropy_of, sampling_logprobs
 
 
-class AppendLayer(DynamicLayer):
-    """A DynamicLayer that appends new KV in place into spare capacity.
-
-    DynamicLayer.update re-concatenates the whole cache at every step: O(length) copies per token,
-    over half of CPU decode time at batch 64-128. Here keys/values are a window of columns of larger
-    buffers: an append writes in place right after the window while capacity lasts, dropping
-    leading padding columns just narrows the window, and a row selection (fork, compaction) moves
-    only the rows that change, in place; a batch that outgrows the buffers gets fresh ones, filled
-    by one copy. Anything else that replaces keys/values (the merge of forked and prefilled rows)
-    makes the next append reallocate. The engine sets `headroom` to the columns its call will
-    still append, so a reallocation leaves at least that much room.
-    """
-
-    _kbuf = _vbuf = None
-    headroom: int | None = None  # columns the current call will still append (None: unknown)
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, q = self.get_seq_length(), key_states.shape[-2]
-        end = self._window_end()
-        if end is None or end + q > self._kbuf.shape[2]:
-            capacity = _capacity(n, max(q, self.headroom or 0))
-            self._kbuf = _alloc(key_states, key_states.shape[0], capacity)
-            self._vbuf = _alloc(value_states, value_states.shape[0], capacity)
-            if n:
-                self._kbuf[:, :, :n], self._vbuf[:, :, :n] = self.keys, self.values
-            end = n
-        b = key_states.shape[0]  # the buffers may hold more rows: those left by compaction
-        self._kbuf[:b, :, end : end + q] = key_states
-        self._vbuf[:b, :, end : end + q] = value_states
-        self.keys, self.values = self._kbuf[:b, :, end - n : end + q], self._vbuf[:b, :, end - n : end + q]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        n = self.get_seq_length()
-        if n == 0:
-            return
-        end, rows = self._window_end(), len(indices)
-        room = self.headroom if self.headroom is not None else 0
-        if end is not None and rows <= self._kbuf.shape[0] and end + room <= self._kbuf.shape[2]:
-            # in place: buffer row i becomes old row indices[i]; only rows that change are copied.
-            # The right side is gathered before the write, so overlapping sources are safe, and
-            # repeated sources (siblings) land in distinct rows: each child owns a copy.
-            moved = (indices != torch.arange(rows, device=indices.device)).nonzero().squeeze(1)
-            if len(moved):
-                src = indices[moved]
-                for buf in (self._kbuf, self._vbuf):
-                    buf[moved, :, end - n : end] = buf[src, :, end - n : end]
-            self.keys, self.values = self._kbuf[:rows, :, end - n : end], self._vbuf[:rows, :, end - n : end]
-            return
-        self._kbuf = _alloc(self.keys, rows, _capacity(n, room))
-        self._vbuf = _alloc(self.values, rows, _capacity(n, room))
-        # index_select with out=: one copy straight into the new buffers, and on CPU ~4x faster
-        # than the advanced indexing DynamicLayer uses
-        self.keys = torch.index_select(self.keys, 0, indices, out=self._kbuf[:, :, :n])
-        self.values = torch.index_select(self.values, 0, indices, out=self._vbuf[:, :, :n])
-
-    def _window_end(self) -> int | None:
-        """The buffer column right after keys/values, or None when they are not a window of them."""
-        ends = set()
-        for t, buf in ((self.keys, self._kbuf), (self.values, self._vbuf)):
-            if (
-                buf is None or t.dim() != 4 or t.stride() != buf.stride()
-                or t.shape[0] > buf.shape[0] or (t.shape[1], t.shape[3]) != (buf.shape[1], buf.shape[3])
-                or t.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
-            ):
-                return None
-            start, rest = divmod(t.storage_offset() - buf.storage_offset(), buf.stride(2))
-            if rest or not 0 <= start <= buf.shape[2] - t.shape[2]:
-                return None
-            ends.add(start + t.shape[2])
-        return ends.pop() if len(ends) == 1 else None
-
-
-def _capacity(n: int, need: int) -> int:
-    """Columns for a new buffer holding n: at least `need` spare, and at least double, so that the
-    next calls' forks still find room and move rows in place (untouched columns cost no memory
-    traffic; on CPU their pages are never even faulted in)."""
-    return max(n + need, 2 * n)
-
-
-def _alloc(like: torch.Tensor, rows: int, capacity: int) -> torch.Tensor:
-    return like.new_empty((rows, like.shape[1], capacity, like.shape[3]))
-
-
-def _compaction_order(alive: torch.Tensor) -> torch.Tensor:
-    """The rows to keep, ordered so that most stay where they are: live rows from the tail fill the
-    holes finished rows leave in front. AppendLayer then moves only those rows (cost grows with
-    the rows that finished, not with the batch) and drops the tail by narrowing its view."""
-    n = int(alive.sum())
-    order = torch.arange(n, device=alive.device)
-    order[(~alive[:n]).nonzero().squeeze(1)] = alive[n:].nonzero().squeeze(1) + n
-    return order
-
-
-def _fork_order(parent_rows: list[int]) -> list[int]:
-    """An order of fork requests (indices into parent_rows) that puts the first child of each
-    parent into its parent's own row where it can: AppendLayer then copies only the other
-    children's rows (most paths continue with a single child)."""
-    slots: list[int | None] = [None] * len(parent_rows)  # new row -> request
-    rest = []
-    for j, row in enumerate(parent_rows):
-        if row < len(slots) and slots[row] is None:
-            slots[row] = j
-        else:
-            rest.append(j)
-    fill = iter(rest)
-    return [j if j is not None else next(fill) for j in slots]
-
-
 def _sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One token per row by inverting the CDF: 3-5x cheaper than torch.multinomial on CPU at these
-    sizes. right=True skips zero-probability tokens (their CDF step is flat)."""
+    sizes. right=True never lands on a zero-probability token (its CDF step is flat), and u is
+    scaled just below 1 so rounding cannot reach the CDF's end (an index past the last token)."""
     cdf = probs.cumsum(dim=-1)
     u = torch.rand((probs.shape[0], 1), generator=gen, device=probs.device, dtype=cdf.dtype)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
-
-
-def _reserve(cache: DynamicCache, columns: int) -> None:
-    """Tell the layers how many more columns this call will append (see AppendLayer.headroom)."""
-    for layer in cache.layers:
-        layer.headroom = columns
-
-
-def new_cache(headroom: int | None = None) -> DynamicCache:
-    """An empty DynamicCache whose layers (created on first use) are AppendLayers."""
-
-    def layer() -> AppendLayer:
-        new = AppendLayer()
-        new.headroom = headroom
-        return new
-
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = layer
-    return cache
-
-
-def fork_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
-    """Row i of the result is a copy of row rows[i] of `cache` (repeats allowed).
-
-    Done in place: the engine's previous state is consumed by each call, so nothing else reads the
-    old rows. Every result row is its own storage (AppendLayer moves rows within its buffers or
-    copies them into fresh ones), so siblings forked from one parent never see each other's tokens.
-    """
-    cache.batch_select_indices(rows)
-    return cache
-
-
-def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """Zero-pad `x` on the left of `dim` up to `width` (the padding is masked out)."""
-    missing = width - x.shape[dim]
-    if missing == 0:
-        return x
-    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [missing, 0]
-    return F.pad(x, pad)
-
-
-def _merge(a: DynamicCache | None, a_mask, b: DynamicCache | None, b_mask):
-    """Stack the rows of two left-padded caches (a first), padding the narrower one on the left.
-
-    `a` (forked rows) always has KV; `b` (prefilled rows) may have none when every fresh context is
-    one token long. `a` is extended in place so its cache object is the one that is decoded.
-    """
-    if a is None:
-        return b, b_mask
-    if b is None:
-        return a, a_mask
-    width = max(a_mask.shape[1], b_mask.shape[1])
-    for i, layer in enumerate(a.layers):
-        if i < len(b.layers) and b.layers[i].is_initialized:
-            bk, bv = b.layers[i].keys, b.layers[i].values
-        else:
-            bk = layer.keys.new_zeros((b_mask.shape[0], *layer.keys.shape[1:2], 0, layer.keys.shape[-1]))
-            bv = layer.values.new_zeros((b_mask.shape[0], *layer.values.shape[1:2], 0, layer.values.shape[-1]))
-        layer.keys = torch.cat([_left_pad(layer.keys, width, 2), _left_pad(bk, width, 2)])
-        layer.values = torch.cat([_left_pad(layer.values, width, 2), _left_pad(bv, width, 2)])
-    return a, torch.cat([_left_pad(a_mask, width, 1), _left_pad(b_mask, width, 1)])
-
-
-def _trim(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
-    """Drop the leading columns that are padding in every row (after rows left, or a merge):
-    positions are explicit, so the columns carry nothing."""
-    if mask.shape[1] == 0:
-        return mask
-    cut = int(mask.any(dim=0).long().argmax())  # first column some row uses
-    if cut:
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
-        mask = mask[:, cut:]
-    return mask
+    return torch.searchsorted(cdf, u * (1 - 2**-20) * cdf[:, -1:], right=True).squeeze(1)
 
 
 @dataclass
@@ -250,9 +64,9 @@ class HFEngine:
         if not keep:
             return self._drop_state()
         rows = torch.tensor([self._paths[p].row for p in keep], device=self.device)
-        self._cache = fork_cache(self._cache, rows)
+        self._cache = kv.fork_cache(self._cache, rows)
         self._mask, self._last, self._pos = self._mask[rows], self._last[rows], self._pos[rows]
-        self._mask = _trim(self._cache, self._mask)
+        self._mask = kv.trim(self._cache, self._mask)
         self._paths = {p: _Live(r, self._paths[p].length, self._paths[p].last) for r, p in enumerate(keep)}
 
     def load_weights(self, state_dict: dict) -> None:
@@ -320,7 +134,7 @@ class HFEngine:
         ids = torch.tensor([[self.pad_token_id] * (width - len(c) + 1) + c[:-1] for c in contexts])
         mask = (torch.arange(width) >= (width - n)[:, None]).long()
         positions = (torch.arange(width) - (width - n)[:, None]).clamp(min=0)
-        cache = new_cache(headroom)  # room for the tokens this call will decode
+        cache = kv.new_cache(width + headroom)  # room for the prefill and the tokens to decode
         if width:
             dev = self.device
             self._forward(ids.to(dev), mask.to(dev), positions.to(dev), cache)
@@ -334,21 +148,29 @@ class HFEngine:
         cache = mask = last = pos = None
         if forks:
             parent_rows = [self._paths[requests[i].parent_id].row for i in forks]
-            order = _fork_order(parent_rows)
+            order = kv.fork_order(parent_rows)
             forks = [forks[j] for j in order]
             rows = torch.tensor([parent_rows[j] for j in order], device=dev)
-            _reserve(self._cache, max_tokens)
-            cache = fork_cache(self._cache, rows)
+            kv.reserve(self._cache, max_tokens)
+            cache = kv.fork_cache(self._cache, rows)
             mask, last, pos = self._mask[rows], self._last[rows], self._pos[rows]
         self._drop_state()  # consumed: every path not forked above is released here
         if fresh:
-            pcache, pmask, plast, ppos = self._prefill([requests[i].context for i in fresh], max_tokens)
-            self.counters.prefill_tokens += sum(len(requests[i].context) for i in fresh)
-            cache, mask = _merge(cache, mask, pcache, pmask)
+            # identical contexts (the first paths of one prompt, repeated fallback cuts) are
+            # prefilled once and forked, as a prefix cache would serve them
+            unique: dict[tuple, int] = {}
+            copy_of = [unique.setdefault(tuple(requests[i].context), len(unique)) for i in fresh]
+            pcache, pmask, plast, ppos = self._prefill([list(c) for c in unique], max_tokens)
+            self.counters.prefill_tokens += sum(len(c) for c in unique)
+            if len(unique) < len(fresh):
+                rows = torch.tensor(copy_of, device=dev)
+                pcache = kv.fork_cache(pcache, rows)
+                pmask, plast, ppos = pmask[rows], plast[rows], ppos[rows]
+            cache, mask = kv.merge(cache, mask, pcache, pmask, max_tokens)
             last = plast if last is None else torch.cat([last, plast])
             pos = ppos if pos is None else torch.cat([pos, ppos])
-        mask = _trim(cache, mask)
-        _reserve(cache, max_tokens)
+        mask = kv.trim(cache, mask)
+        kv.reserve(cache, max_tokens)
         row2req = torch.tensor(forks + fresh, device=dev)  # request index of each batch row
 
         n_req = len(requests)
@@ -372,14 +194,14 @@ class HFEngine:
             done = tok == self.eos_token_id
             if bool(done.any()):  # the one host sync per step: compact only when a row finished
                 ended[row2req[done]] = True
-                keep = _compaction_order(~done)
+                keep = kv.compaction_order(~done)
                 if keep.numel() == 0:
                     row2req = keep
                     break
-                _reserve(cache, max_tokens - step - 1)
+                kv.reserve(cache, max_tokens - step - 1)
                 cache.batch_select_indices(keep)
                 mask, last, pos, row2req = mask[keep], last[keep], pos[keep], row2req[keep]
-                mask = _trim(cache, mask)
+                mask = kv.trim(cache, mask)
 
         self.counters.decoded_tokens += int(n_out.sum())
         toks, lps, ents = out_tok.tolist(), out_lp.tolist(), out_ent.tolist()

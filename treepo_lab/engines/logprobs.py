@@ -7,7 +7,7 @@ plain temperature-scaled log-softmax that the trainer uses for old/new policy lo
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

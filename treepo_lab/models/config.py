@@ -46,14 +46,20 @@ class WarmstartConfig:
     The flaw is systematic, so greedy decoding inherits it and RL has something to fix: a share
     (`flaw_rate`) of the demonstrations whose last operator is `flaw_op` box the previous running
     value instead of the final result. Random slips would not do: greedy decoding averages them away.
+
+    Defaults measured on 2 CPU cores (torch.set_num_threads(2), seeds 0 and 1): about 130 s of
+    training when the cores are idle; greedy accuracy ~55% on the 1000 held-out problems (~92% where
+    the last operator is `+`, ~4% where it is `-`), and ~68% of held-out prompts get both right and
+    wrong answers among 16 samples at temperature 1. Fewer steps land before the model learns carrying
+    (accuracy jumps late, as the learning rate decays), so cut `steps` with care.
     """
 
-    steps: int = 1500  # optimizer steps (one fresh batch of demonstrations each)
+    steps: int = 1000  # optimizer steps (one fresh batch of demonstrations each)
     lr: float = 3e-3  # peak AdamW learning rate (linear warmup, cosine decay to 10%)
     warmup_steps: int = 50
-    batch_size: int = 64
+    batch_size: int = 32
     seed: int = 0  # which demonstrations are drawn, and which of them carry the flaw
-    flaw_rate: float = 0.6  # share of `flaw_op`-final demonstrations that box the wrong value
+    flaw_rate: float = 0.8  # share of `flaw_op`-final demonstrations that box the wrong value
     flaw_op: str = "-"
     task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (must be arith)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)

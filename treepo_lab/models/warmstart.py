@@ -33,19 +33,18 @@ from treepo_lab.tasks.base import Problem, Task
 from treepo_lab.tasks.config import build_task
 
 MARKER = "warmstart.json"  # written last: its presence means the entry is complete
-FORMAT_VERSION = 1  # bump when the demonstrations or the training recipe change meaning
-_NOT_IN_KEY = ("cache_dir", "eval_size")
+FORMAT_VERSION = 1  # bump when the demonstrations, the tokenizer or the training recipe change meaning
+_NOT_IN_KEY = ("cache_dir", "eval_size")  # where it is stored and what is printed change no weight
+# The only task fields the demonstrations depend on (the held-out slice is fixed; see tasks/arith.py),
+# so an evaluation-only change such as held_out_size never triggers a rebuild.
+_TASK_KEY = ("name", "difficulty", "operand_max")
 
 
 def cache_key(cfg: WarmstartConfig) -> str:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
+    fields["task"] = {k: fields["task"][k] for k in _TASK_KEY}
     blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cached_checkpoint(cfg: WarmstartConfig) -> Path | None:
-    path = Path(cfg.cache_dir) / cache_key(cfg)
-    return path if (path / MARKER).is_file() else None
 
 
 def flawed_demonstration(task: ArithTask, problem: Problem, cfg: WarmstartConfig, rng: np.random.Generator) -> str:
@@ -84,7 +83,7 @@ def _lr_factor(step: int, cfg: WarmstartConfig) -> float:
 
 
 def train(cfg: WarmstartConfig):
-    """Train a fresh tiny model; returns (model, tokenizer, final loss)."""
+    """Train a fresh tiny model; returns (model, tokenizer, moving average of the last losses)."""
     task = build_task(cfg.task)
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(cfg.tiny, tokenizer).train()
@@ -110,17 +109,22 @@ def train(cfg: WarmstartConfig):
 def generate_responses(model, tokenizer, prompts: list[str], batch: int = 64, max_new_tokens: int = 200,
                        temperature: float | None = None, seed: int = 0) -> list[str]:
     """Plain batched `model.generate` with left padding; greedy when `temperature` is None."""
-    torch.manual_seed(seed)
     sampling = {"do_sample": False} if temperature is None else {
         "do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
     out = []
-    for i in range(0, len(prompts), batch):
-        enc = tokenizer(prompts[i: i + batch], return_tensors="pt", padding=True, padding_side="left")
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
-        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    with torch.random.fork_rng(devices=[]):  # seeded sampling without moving the caller's CPU RNG
+        torch.manual_seed(seed)
+        for i in range(0, len(prompts), batch):
+            out += _generate_batch(model, tokenizer, prompts[i: i + batch], max_new_tokens, sampling)
     return out
+
+
+def _generate_batch(model, tokenizer, prompts, max_new_tokens, sampling) -> list[str]:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **sampling)
+    return tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def greedy_accuracy(model, tokenizer, task: Task, problems: list[Problem], batch: int = 64,
@@ -139,7 +143,8 @@ def mixed_fraction(model, tokenizer, task: Task, problems: list[Problem], n_samp
     """
     prompts = [p.prompt for p in problems for _ in range(n_samples)]
     responses = generate_responses(model, tokenizer, prompts, batch, max_new_tokens, temperature, seed)
-    correct = np.array([task.score(r, p).correct for r, p in zip(responses, np.repeat(problems, n_samples))])
+    repeated = [p for p in problems for _ in range(n_samples)]
+    correct = np.array([task.score(r, p).correct for r, p in zip(responses, repeated)])
     per_prompt = correct.reshape(len(problems), n_samples).mean(axis=1)
     return float(np.mean((per_prompt > 0) & (per_prompt < 1))), float(correct.mean())
 
@@ -152,32 +157,42 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem]) -> dict:
             "eval_problems": len(problems), "eval_s": round(time.perf_counter() - t0, 1)}
 
 
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a complete entry into place; a concurrent builder may have won already (then keep theirs)."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if (final / MARKER).is_file():
+            return
+        # An entry without a marker was not published by us (copied by hand, older layout): replace it.
+        stale = final.with_name(f"{final.name}.stale-{os.getpid()}")
+        os.rename(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        os.rename(tmp, final)
+
+
 def warmstart(cfg: WarmstartConfig) -> Path:
     """The warm-started checkpoint dir for `cfg`: from the cache, or trained now and cached."""
     cfg.validate()
-    final = Path(cfg.cache_dir) / cache_key(cfg)
+    # Absolute, so the path still works for a process that runs from another directory.
+    final = Path(cfg.cache_dir).expanduser().resolve() / cache_key(cfg)
     if (final / MARKER).is_file():
         return final
-    if final.exists():  # no marker: not written by us atomically (e.g. copied by hand); do not trust it
-        shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; other sweep workers must read the cache
         t0 = time.perf_counter()
         model, tokenizer, loss = train(cfg)
-        info = {"config": dataclasses.asdict(cfg), "key": final.name, "train_s": round(time.perf_counter() - t0, 1),
-                "final_loss": loss}
+        info = {"config": dataclasses.asdict(cfg), "key": final.name,
+                "train_s": round(time.perf_counter() - t0, 1), "loss_ema": loss}
         save_checkpoint(model, tokenizer, tmp)
         if cfg.eval_size:
             task = build_task(cfg.task)
             info |= evaluate(model, tokenizer, task, task.held_out()[: cfg.eval_size])
         print("warm start: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "config"))
-        (tmp / MARKER).write_text(json.dumps(info, indent=2))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / MARKER).is_file():  # not a lost race with another builder: a real error
-                raise
+        (tmp / MARKER).write_text(json.dumps(info, indent=2))  # last: marks the entry complete
+        _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -1,11 +1,11 @@
 """The embedded synthetic task: chained integer arithmetic with a verbose, verifiable chain of thought.
 
     prompt:   "Q: 17+5-9=?\n"
-    response: "A: We compute 17+5-9 step by step.\nStep 1: 17+5=22.\nStep 2: 22-9=13.\n"
-              "The answer is \\boxed{13}"   (then EOS)
+    response: "A: Step 1: 17+5=22.\nStep 2: 22-9=13.\nThe answer is \\boxed{13}"   (then EOS)
 
-Responses are ~60-200 characters (= tokens with the char tokenizer), long enough that segment-wise
-branching has several segments to work with. `steps` (the difficulty) is the number of operations;
+Responses are ~55-65 characters (= tokens with the char tokenizer) at 2 steps and ~20 more per step,
+long enough that segment-wise branching has several segments to work with, short enough that the
+warm start learns the arithmetic in a few CPU minutes. `steps` (the difficulty) is the number of operations;
 operands are drawn from 1..operand_max, and intermediate results never go negative (a `-` whose
 operand would exceed the running value is drawn smaller, or becomes a `+` at 0).
 
@@ -45,7 +45,7 @@ class Chain:
         return values
 
     @staticmethod
-    def parse(expression: str) -> "Chain":
+    def parse(expression: str) -> Chain:
         head = re.match(r"\d+", expression)
         terms = _TERM.findall(expression[head.end():])
         return Chain((int(head.group()), *(int(b) for _, b in terms)), tuple(o for o, _ in terms))
@@ -58,10 +58,10 @@ def prompt_text(chain: Chain) -> str:
 def solution_text(chain: Chain, boxed: int | None = None) -> str:
     """The chain of thought for `chain`; `boxed` overrides the boxed value (the warm start's flaw)."""
     values = chain.partials()
-    lines = [f"A: We compute {chain.expression} step by step."]
+    lines = []
     for i, (op, b) in enumerate(zip(chain.ops, chain.operands[1:])):
-        lines.append(f"Step {i + 1}: {values[i]}{op}{b}={values[i + 1]}.")
-    lines.append("The answer is \\boxed{%d}" % (values[-1] if boxed is None else boxed))
+        lines.append(f"{'A: ' if i == 0 else ''}Step {i + 1}: {values[i]}{op}{b}={values[i + 1]}.")
+    lines.append(f"The answer is \\boxed{{{values[-1] if boxed is None else boxed}}}")
     return "\n".join(lines)
 
 
@@ -113,11 +113,15 @@ class ArithTask:
             raise ConfigError("task.held_out_size", size, "an integer >= 1")
         rng = np.random.default_rng([self.seed, 0xE7A1])
         seen: dict[str, Problem] = {}
-        # Unique held-out problems; a small problem space runs out, which must be an error, not a loop.
-        for _ in range(200 * size):
+        # Unique held-out problems. A small problem space runs out, which must be an error, not a loop:
+        # give up after many draws in a row found nothing new (about 16 are needed while plenty remain).
+        misses = 0
+        while misses < 5000:
             chain = self.sample_chain(rng)
+            misses += 1
             if chain.expression not in seen and is_held_out(chain.expression):
                 seen[chain.expression] = self.problem(chain)
+                misses = 0
                 if len(seen) == size:
                     return list(seen.values())
         raise ConfigError("task.held_out_size", size,
@@ -136,4 +140,4 @@ class ArithTask:
 
 @TASKS.register("arith")
 def _build_arith(cfg) -> ArithTask:
-    return ArithTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, cfg.reward_scale)
+    return ArithTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed)

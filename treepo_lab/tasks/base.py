@@ -39,7 +39,7 @@ def reward_for(correct: bool, reward_scale: str = "pm1") -> float:
         return 1.0 if correct else -1.0
     if reward_scale == "01":
         return 1.0 if correct else 0.0
-    raise ConfigError("task.reward_scale", reward_scale, f"one of {', '.join(REWARD_SCALES)}")
+    raise ConfigError("reward.scale", reward_scale, f"one of {', '.join(REWARD_SCALES)}")
 
 
 def score_boxed(response: str, problem: Problem, reward_scale: str = "pm1") -> Score:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks import arith, file_task  # noqa: F401  (registers "arith" and "file")
-from treepo_lab.tasks.base import REWARD_SCALES, TASKS, Task
+from treepo_lab.tasks.base import TASKS, Task
 
 
 @dataclass
@@ -23,13 +23,10 @@ class TaskConfig:
     held_out_fraction: float = 0.1  # share of `path` rows held out (seeded by `seed`)
     # both
     held_out_size: int = 1000  # evaluation problems (arith: drawn; file: a cap on the split)
-    reward_scale: str = "pm1"  # pm1: +1/-1 as in TreePO (TREEPO_SPEC.md §2.6) | 01: 1/0
     seed: int = 0  # picks the held-out problems (arith) or the held-out rows (file)
 
     def validate(self) -> None:
         TASKS.get(self.name, "task.name")
-        if self.reward_scale not in REWARD_SCALES:
-            raise ConfigError("task.reward_scale", self.reward_scale, f"one of {', '.join(REWARD_SCALES)}")
         if self.held_out_size < 1:
             raise ConfigError("task.held_out_size", self.held_out_size, "an integer >= 1")
         if self.name == "arith":

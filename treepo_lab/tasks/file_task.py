@@ -7,6 +7,7 @@ otherwise turn into a run that trains on nothing.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks.base import TASKS, Problem, Score, score_boxed
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+FORMATS = {".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 QUESTION = "{question}"  # the placeholder in a prompt template
 
 
@@ -30,17 +31,20 @@ class DatasetError(ValueError):
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):  # rows are numbered like lines: from 1
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(path, f"invalid JSON ({e.msg}) at character {e.colno}", row=line_no) from e
-            if not isinstance(row, dict):
-                raise DatasetError(path, f"expected a JSON object, got {type(row).__name__}", row=line_no)
-            rows.append((line_no, row))
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit in a string
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+    for line_no, line in enumerate(lines, start=1):  # rows are numbered like lines: from 1
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(path, f"invalid JSON ({e.msg}) at character {e.colno}", row=line_no) from e
+        if not isinstance(row, dict):
+            raise DatasetError(path, f"expected a JSON object, got {type(row).__name__}", row=line_no)
+        rows.append((line_no, row))
     return rows
 
 
@@ -55,8 +59,10 @@ def _read_table(path: Path, fmt: str) -> list[tuple[int, dict]]:
             df = pd.read_parquet(path)
     except pd.errors.EmptyDataError as e:
         raise DatasetError(path, "the file is empty") from e
-    except Exception as e:  # pandas/pyarrow parse errors carry the line; add the file name
-        raise DatasetError(path, f"cannot read {fmt}: {e}") from e
+    except Exception as e:  # pandas/pyarrow parse errors; add the file name, and the row where pandas knows it
+        line = re.search(r"line (\d+)", str(e)) if fmt == "csv" else None
+        row = int(line.group(1)) - 1 if line else None  # line 1 is the header
+        raise DatasetError(path, f"cannot read {fmt}: {e}", row=row) from e
     # Row numbers count data records from 1 (a CSV header is not a row).
     return list(enumerate(df.to_dict("records"), start=1))
 
@@ -148,4 +154,4 @@ class FileTask:
 @TASKS.register("file")
 def _build_file(cfg) -> FileTask:
     return FileTask(cfg.path, cfg.question_column, cfg.answer_column, cfg.template, cfg.held_out_path,
-                    cfg.held_out_fraction, cfg.held_out_size, cfg.seed, cfg.reward_scale)
+                    cfg.held_out_fraction, cfg.held_out_size, cfg.seed)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from treepo_lab.algo.advantage import annotate_leaves, compute_advantages
 from treepo_lab.algo.loss import POLICY_LOSSES
 from treepo_lab.algo.reward import GroupAccumulator, tree_rewards
-from treepo_lab.config import ExperimentConfig, to_object, to_yaml, validate
+from treepo_lab.config import ExperimentConfig, to_object, to_yaml, validate, warmstart_config
 from treepo_lab.engines.factory import build_engine
 from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
 from treepo_lab.rollout.accounting import CumulativeCompute
@@ -63,7 +63,7 @@ class Trainer:
                  run_dir: str | Path | None = None):
         self.cfg = cfg = validate(to_object(cfg))  # every value checked before any compute
         seed_everything(cfg.seed)
-        self.model_path = resolve_model(cfg.model, cfg.warmstart)
+        self.model_path = resolve_model(cfg.model, warmstart_config(cfg))
         self.model, self.tokenizer = load_model_and_tokenizer(
             self.model_path, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
         self.task = build_task(cfg.task)
