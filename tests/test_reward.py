@@ -6,18 +6,18 @@ from treepo_lab.algo.reward import (
     GroupAccumulator,
     filter_groups,
     overlong_penalty,
-    score_from_correct,
     shape_reward,
     tree_rewards,
 )
 from treepo_lab.rollout.tree import Leaf, Node, Tree
+from treepo_lab.tasks.base import reward_for
 
 
 def test_scale():
-    assert [score_from_correct(c, "pm1") for c in (True, False)] == [1.0, -1.0]
-    assert [score_from_correct(c, "01") for c in (True, False)] == [1.0, 0.0]
+    assert [reward_for(c, "pm1") for c in (True, False)] == [1.0, -1.0]
+    assert [reward_for(c, "01") for c in (True, False)] == [1.0, 0.0]
     with pytest.raises(ValueError):
-        score_from_correct(True, "1")
+        reward_for(True, "1")
 
 
 @pytest.mark.parametrize("length, expected", [(0, 0.0), (80, 0.0), (81, -0.05), (90, -0.5), (100, -1.0)])
