@@ -7,8 +7,9 @@ shows medians. Rows:
   sequential  SequentialSampler on the same engine, at each d x l and at 1 x (d*l) (one call per rollout)
   generate    model.generate(num_return_sequences=w, do_sample=True, max_new_tokens=d*l), as a user
               would write it (left-padded batch of the prompts), HF model only
-Ratios are against the FASTEST sequential row of the same engine (the baseline a user would pick);
-`wall/seq same` compares with the sequential sampler at the row's own d x l.
+Ratios are against the sequential sampler at 1 x (d*l) on the same engine (one engine call per rollout,
+as a non-tree sampler runs); `wall/seq same dxl` compares with the sequential sampler at the row's own
+d x l. The best row is the tree row (b=2) with the lowest tree/sequential wall ratio.
 
   python benchmarks/rollout.py                        # HF engine, embedded warm-started model, CPU
   .venv-vllm/bin/python benchmarks/rollout.py --engine vllm    # + vLLM rows (and the HF rows beside)
@@ -79,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds to wait while another process builds the warm start")
     p.add_argument("--seed", type=int, default=0, help="repeat r uses seed+r for every row")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/rollout.json"))
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after measuring, cProfile one run of the best row and print its top N functions")
     p.add_argument("--smoke", action="store_true", help="tiny random model, tiny sizes: checks the plumbing")
     a = p.parse_args(argv)
     gpu = a.mode == "gpu"
@@ -306,6 +309,18 @@ def median_row(runs: list[dict]) -> dict:
     return out
 
 
+def profile_row(bench: Bench, spec: Spec, seed: int, top: int) -> None:
+    """cProfile one run (it slows Python-heavy code more than torch kernels: read shares, not times;
+    py-spy record -r 500 gives undistorted ones)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(bench.run, spec, seed)
+    print(f"cProfile of one run of {spec.name}, by own time:")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
@@ -357,6 +372,8 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
+    if args.profile:
+        profile_row(bench, next(s for s in specs if s.name == result["best_row"]), args.seed, args.profile)
     return result
 
 

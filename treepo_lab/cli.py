@@ -86,12 +86,14 @@ def cmd_resume(args):
     _summary(trainer, history)
 
 
-def cmd_warmstart(args):
+def cmd_warmstart(args, default="default"):
     from treepo_lab.config import warmstart_config
     from treepo_lab.models.warmstart import warmstart
 
     own, overrides = _split(args)
-    cfg = _load(own, overrides)
+    cfg = _load(own, overrides, default)
+    if cfg.model.path is not None:
+        return
     path = warmstart(warmstart_config(cfg))
     info = json.loads((path / "warmstart.json").read_text())
     print(f"warm-started model: {path}")
@@ -175,6 +177,7 @@ def cmd_rollout(args):
 def cmd_demo(args):
     from treepo_lab.train.run import run_experiment
 
+    cmd_warmstart(args, default="demo")  # the embedded model and its held-out accuracy before RL
     own, overrides = _split(args)
     cfg = _load(own, overrides, default="demo")
     trainer, history = run_experiment(cfg)

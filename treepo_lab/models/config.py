@@ -63,7 +63,9 @@ class WarmstartConfig:
     flaw_op: str = "-"
     task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (must be arith)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    cache_dir: str = ".cache/treepo_lab/warmstart"  # checkpoints keyed by a hash of everything above
+    # checkpoints keyed by a hash of everything above; null: $TREEPO_CACHE_DIR/warmstart, else
+    # ~/.cache/treepo_lab/warmstart (the same cache whatever directory a command runs from)
+    cache_dir: str | None = None
     eval_size: int = 200  # held-out problems evaluated after training (printed; not part of the key)
 
     def validate(self) -> None:

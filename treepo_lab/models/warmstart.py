@@ -40,6 +40,13 @@ _NOT_IN_KEY = ("cache_dir", "eval_size")  # where it is stored and what is print
 _TASK_KEY = ("name", "difficulty", "operand_max")
 
 
+def cache_root(cfg: WarmstartConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser().resolve()
+    base = os.environ.get("TREEPO_CACHE_DIR")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "treepo_lab").resolve() / "warmstart"
+
+
 def cache_key(cfg: WarmstartConfig) -> str:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
     fields["task"] = {k: fields["task"][k] for k in _TASK_KEY}
@@ -175,7 +182,7 @@ def warmstart(cfg: WarmstartConfig) -> Path:
     """The warm-started checkpoint dir for `cfg`: from the cache, or trained now and cached."""
     cfg.validate()
     # Absolute, so the path still works for a process that runs from another directory.
-    final = Path(cfg.cache_dir).expanduser().resolve() / cache_key(cfg)
+    final = cache_root(cfg) / cache_key(cfg)
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
