@@ -3,7 +3,8 @@
 DESIGN.md "Compute accounting", TREEPO_SPEC.md §3.1. Every configuration runs in ONE process on the
 same model, prompts, w and length budget d*l, in alternating order over several repeats; the table
 shows medians. Rows:
-  tree        TreeSampler, b (default 2) and More-Init b0 ~ UniformInt[2, 8], at each d x l of the grid
+  tree        TreeSampler, b (default 2), first step b0 ~ UniformInt[2, 8] (More-Init) and b0 = b
+              (Fixed-Init), at each d x l of the grid
   sequential  SequentialSampler on the same engine, at each d x l and at 1 x (d*l) (one call per rollout)
   generate    model.generate(num_return_sequences=w, do_sample=True, max_new_tokens=d*l), as a user
               would write it (left-padded batch of the prompts), HF model only
@@ -15,6 +16,7 @@ d x l. The best row is the tree row (b=2) with the lowest tree/sequential wall r
   .venv-vllm/bin/python benchmarks/rollout.py --engine vllm    # + vLLM rows (and the HF rows beside)
   python benchmarks/rollout.py --mode gpu --model DIR  # the paper's efficiency setup on one GPU
   python benchmarks/rollout.py --smoke                # a few seconds, random tiny model (tests)
+  python benchmarks/rollout.py --profile 30   # cProfile the best row
 """
 from __future__ import annotations
 
@@ -118,16 +120,16 @@ def warm_model_dir(wait_s: float) -> str:
     building the same one (its temporary dir exists), wait for it instead of training a second copy."""
     from treepo_lab.models.config import ModelConfig, WarmstartConfig
     from treepo_lab.models.load import resolve_model
-    from treepo_lab.models.warmstart import MARKER, cache_key
+    from treepo_lab.models.warmstart import MARKER, cache_key, cache_root
 
-    cfg = WarmstartConfig(cache_dir=str(ROOT / ".cache/treepo_lab/warmstart"))  # not part of the key
+    cfg = WarmstartConfig()
     deadline = time.time() + wait_s
 
     def building() -> bool:  # a builder's temporary dir .tmp-<key>-*, recent (a killed one stays)
-        tmps = Path(cfg.cache_dir).glob(f".tmp-{cache_key(cfg)}-*")
+        tmps = cache_root(cfg).glob(f".tmp-{cache_key(cfg)}-*")
         return any(time.time() - p.stat().st_mtime < 1200 for p in tmps)
 
-    while not (Path(cfg.cache_dir) / cache_key(cfg) / MARKER).is_file() and building() \
+    while not (cache_root(cfg) / cache_key(cfg) / MARKER).is_file() and building() \
             and time.time() < deadline:
         print("another process is building the warm start; checking again in 120 s")
         time.sleep(120)
@@ -363,7 +365,8 @@ def main(argv=None) -> dict:
     meta = {"mode": args.mode, "engine": args.engine, "model": model_dir, "width": args.width,
             "branch": args.branch, "init_div": args.init_div, "prompts": len(bench.prompts),
             "budget": args.budget, "grid": [f"{d}x{l}" for d, l in args.grid], "repeats": args.repeats,
-            "threads": args.threads, "seed": args.seed, "code": code_version(), "load_average": load,
+            "threads": args.threads,  "seed": args.seed,
+            "code": code_version(), "load_average": load,
             "smoke": args.smoke,
             "vllm_skipped": args.engine == "vllm" and "vllm" not in bench.engines}
     result = rollout_report.summarize(rows, meta)

@@ -140,4 +140,5 @@ def _print_targets(console, tgs: dict) -> None:
     for name, tg in tgs.items():
         verdict = "n/a " if tg["pass"] is None else ("PASS" if tg["pass"] else "MISS")
         style = {"PASS": "green", "MISS": "red"}.get(verdict, "yellow")
-        console.print(f"  [{style}]{verdict}[/] {name}: {_f(tg['value'], '{:.3f}')} (limit {tg['limit']:.3f})")
+        value = _f(tg["value"], "{:.3f}")
+        console.print(f"  [{style}]{verdict}[/] {name}: {value} (limit {tg['limit']:.3f})")

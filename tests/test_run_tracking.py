@@ -5,12 +5,11 @@ from __future__ import annotations
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from test_trainer import FAST
 
 from treepo_lab.config import load_config
 from treepo_lab.train.run import resume, run_experiment
 from treepo_lab.train.trainer import Trainer
-
-from test_trainer import FAST
 
 
 @pytest.fixture()

@@ -157,7 +157,7 @@ def cmd_rollout(args):
     engine, tok = _engine_for(cfg, model_dir)
     task = build_task(cfg.task)
     problems = task.sample(n, np.random.default_rng(cfg.seed))
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
     sampler = build_sampler(cfg.sampler, engine, decode, tok.eos_token_id)
     result = sampler.rollout([tok(p.prompt)["input_ids"] for p in problems], seed=cfg.seed)
     for tree, p in zip(result.trees, problems):

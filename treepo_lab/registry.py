@@ -4,7 +4,8 @@ Names are chosen in configs; an unknown name fails at config time with the list 
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ context. Paths not named as a parent in a call are released. Engines that resubm
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -56,10 +56,10 @@ class EngineCounters:
     forward_calls: int = 0
     forward_s: float = 0.0  # wall time inside model forward calls
 
-    def snapshot(self) -> "EngineCounters":
+    def snapshot(self) -> EngineCounters:
         return EngineCounters(**self.__dict__)
 
-    def since(self, before: "EngineCounters") -> "EngineCounters":
+    def since(self, before: EngineCounters) -> EngineCounters:
         return EngineCounters(**{k: v - getattr(before, k) for k, v in self.__dict__.items()})
 
 

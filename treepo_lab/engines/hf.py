@@ -52,6 +52,8 @@ class HFEngine:
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(eos_token_id if pad_token_id is None else pad_token_id)
         self.counters = EngineCounters()
+        if self.device.type == "cpu":
+            kv.keep_freed_memory()
         self._drop_state()
 
     # -- protocol -------------------------------------------------------------------------------

@@ -218,3 +218,27 @@ def trim(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
             layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
         mask = mask[:, cut:]
     return mask
+
+
+_KEPT = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks up to 32 MiB in the heap instead of returning them to the OS.
+
+    Forks and compaction allocate fresh KV buffers every segment; by default glibc unmaps every freed
+    block >= 128 KiB, so each new buffer page-faults all its pages in again. Measured on CPU: ~20 ms
+    of a 300 ms tree rollout (time outside forward 16% -> 10%). Process-wide, Linux/glibc only, once.
+    """
+    global _KEPT
+    if _KEPT:
+        return True
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers (malloc.h)
+    _KEPT = bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return _KEPT

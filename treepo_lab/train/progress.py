@@ -27,7 +27,7 @@ class StepProgress:
         self.bar.set_postfix(self.last, refresh=False)
         self.bar.update(1)
 
-    def __enter__(self) -> "StepProgress":
+    def __enter__(self) -> StepProgress:
         return self
 
     def __exit__(self, *exc) -> None:
