@@ -91,6 +91,7 @@ def main() -> None:
     summary = {"accuracy_before": before, "seeds": args.seeds, "steps": args.steps,
                "eval_problems": args.eval_problems, "total_s": time.perf_counter() - t0, "methods": {}}
     base_tokens = np.mean([r["decoded_tokens"] for r in results.get("grpo", [])]) if "grpo" in results else None
+    console = Console(width=140)
     table = Table(title=f"held-out greedy accuracy (before: {before:.3f})")
     for col in ("method", "accuracy_after (mean)", "95% CI (pooled)", "gain", "decoded tokens",
                 "tokens / grpo", "wall s"):
@@ -108,19 +109,19 @@ def main() -> None:
         summary["methods"][method] = entry
         table.add_row(method, f"{acc:.3f}", f"[{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]", f"{acc - before:+.3f}",
                       f"{tokens:.0f}", f"{entry['tokens_vs_grpo']:.2f}" if base_tokens else "-", f"{entry['wall_s']:.0f}")
-    Console().print(table)
+    console.print(table)
     if "treepo" in summary["methods"] and "grpo" in summary["methods"]:
         tp, gr = summary["methods"]["treepo"], summary["methods"]["grpo"]
         checks = {
-            "treepo gain >= 0.10": tp["gain"] >= 0.10,
-            "treepo within 300 s of training": max(r["wall_s"] for r in tp["per_seed"]) <= 300,
-            "treepo accuracy >= grpo": tp["accuracy_after"] >= gr["accuracy_after"],
-            "treepo decoded tokens <= 0.7 x grpo": tp["tokens_vs_grpo"] <= 0.7,
+            "treepo gain >= 0.10": bool(tp["gain"] >= 0.10),
+            "treepo within 300 s of training": bool(max(r["wall_s"] for r in tp["per_seed"]) <= 300),
+            "treepo accuracy >= grpo": bool(tp["accuracy_after"] >= gr["accuracy_after"]),
+            "treepo decoded tokens <= 0.7 x grpo": bool(tp["tokens_vs_grpo"] <= 0.7),
         }
         summary["targets"] = checks
         for name, ok in checks.items():
             Console().print(f"{'PASS' if ok else 'MISS'}  {name}")
-    args.out.write_text(json.dumps(summary, indent=1))
+    args.out.write_text(json.dumps(summary, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     Console().print(f"wrote {args.out}")
 
 

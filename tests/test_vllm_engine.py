@@ -230,7 +230,7 @@ def _rollout(engine, tok, seed):
 def test_tree_sampler_on_vllm_gives_valid_trees(setup):
     engine, _, tok = setup
     cfg, prompts, result = _rollout(engine, tok, seed=11)
-    for prompt, tree in zip(prompts, result.trees):
+    for _prompt, tree in zip(prompts, result.trees):
         assert len(tree.leaves) == cfg.width
         for leaf in tree.leaves:
             assert 1 <= len(leaf.node_path) <= cfg.max_depth

@@ -174,7 +174,7 @@ class VLLMEngine:
         limit = getattr(AutoConfig.from_pretrained(self.model_dir), "max_position_embeddings", None)
         max_len = opts.max_model_len or limit  # None: vLLM derives it
         if max_len and limit and max_len > limit:
-            warnings.warn(f"vllm: max_model_len={max_len} exceeds the model's {limit}; using {limit}")
+            warnings.warn(f"vllm: max_model_len={max_len} exceeds the model's {limit}; using {limit}", stacklevel=2)
             max_len = limit
         self.max_model_len = max_len  # prompt + response; a longer context is refused by vLLM
         # In-process engine core: weights are loaded by a direct call (load_weights) and no worker

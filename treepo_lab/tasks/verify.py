@@ -5,6 +5,7 @@ exception: one odd response must not stop a training run.
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -41,6 +42,8 @@ def _math_verify(reference: str, answer: str) -> bool:
     # without a timeout rather than fail every answer.
     main = threading.current_thread() is threading.main_thread()
     timeout = 5 if main else None
+    if not main:  # the caller bounds the time (the trainer's reward time limit); silence the per-call warning
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
     gold = parse(f"${reference}$", parsing_timeout=timeout)
     pred = parse(f"${answer}$", parsing_timeout=timeout)
     if not gold or not pred:
