@@ -29,3 +29,19 @@ def test_rollout_writes_inspectable_trees(tmp_path, ws_cache, capsys):
             assert leaf["correct"] in (True, False)
     trees = trees_from_json(out)  # round trip
     assert [len(t.leaves) for t in trees] == [4, 4]
+
+
+def test_eval_command_on_a_checkpoint(tmp_path, ws_cache, capsys):
+    from test_trainer import make_cfg
+
+    from treepo_lab.train.trainer import Trainer
+
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1"), run_dir=tmp_path / "run")
+    trainer.fit(progress=False)
+    over = [o for o in FAST if o.startswith(("warmstart.", "sampler.", "eval."))]
+    assert main(["eval", f"checkpoint={tmp_path / 'run'}", f"warmstart.cache_dir={ws_cache}", *over,
+                 "eval.k=4", "eval.temperature=1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "step-000001/model" in out
+    for key in ("eval/avg_at_4", "eval/pass_at_4", "eval/maj_at_4", "eval/decoded_tokens"):
+        assert key in out

@@ -121,3 +121,22 @@ def test_reward_exception_scores_wrong_and_is_counted(ws_cache):
     metrics = trainer.train_step(0)
     assert metrics["reward/errors"] == pytest.approx(calls["n"] // 2 + calls["n"] % 2)
     assert metrics["reward/errors"] > 0
+
+
+def test_reward_timeout_scores_wrong_and_is_counted(ws_cache):
+    import time
+
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "trainer.reward_timeout_s=0.05"))
+    real_score = trainer.task.score
+    calls = {"n": 0}
+
+    def slow_first(text, problem):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(0.5)  # a hung verifier: the leaf is scored wrong, the step goes on
+        return real_score(text, problem)
+
+    trainer.task.score = slow_first
+    metrics = trainer.train_step(0)
+    assert metrics["reward/timeouts"] == 1
+    assert metrics["train/n_leaves"] > 0
