@@ -43,7 +43,7 @@ def run_one(method: str, seed: int, args, store: str) -> dict:
     trainer, history = run_experiment(cfg, progress=not args.no_progress)
     evals = [h for h in history if "eval/accuracy" in h]
     last_step = [h for h in history if "cumulative/rollout/decoded_tokens" in h and "actor/pg_loss" in h]
-    per_problem = [float(np.mean(r["correct"])) for r in trainer._last_eval_records]
+    per_problem = [float(np.mean(r["correct"])) for r in trainer.last_eval_records]
     return {
         "seed": seed,
         "accuracy_before": evals[0]["eval/accuracy"] if len(evals) > 1 else None,

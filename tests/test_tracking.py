@@ -20,14 +20,8 @@ from mlflow import MlflowClient
 
 from treepo_lab.registry import ConfigError
 from treepo_lab.track.config import TrackingConfig
-from treepo_lab.track.mlflow_tracker import (
-    NullTracker,
-    Tracker,
-    TrackingError,
-    flatten_config,
-    sanitize_key,
-    strategy_tags,
-)
+from treepo_lab.track.mlflow_tracker import NullTracker, Tracker, TrackingError
+from treepo_lab.track.naming import flatten_config, sanitize_key, strategy_tags
 
 CFG = {
     "name": "default",

@@ -202,8 +202,8 @@ def _summary(trainer, history):
         print(f"decoded tokens: {s['cumulative/rollout/decoded_tokens']:.0f}, "
               f"token saving vs independent sampling: {s.get('cumulative/rollout/token_saving', 0):.1%}, "
               f"wall: {s['time/wall_s']:.0f} s")
-    if getattr(trainer, "_last_eval_records", None):
-        _samples(trainer._last_eval_records, 3)
+    if trainer.last_eval_records:
+        _samples(trainer.last_eval_records, 3)
     tracker = trainer.tracker
     if getattr(tracker, "run_id", None):
         print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.tracking_uri}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file
 
 DONE = "state.json"  # written last: a directory without it is not a checkpoint
 
@@ -96,9 +96,8 @@ def restore(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Load weights, optimizer, scheduler and RNG states in place; return state.json."""
     ckpt = Path(ckpt)
     state = read_state(ckpt)
-    from safetensors.torch import load_model
-
-    load_model(model, str(next((ckpt / "model").glob("*.safetensors"))), strict=False)
+    for shard in sorted((ckpt / "model").glob("*.safetensors")):  # a large model saves several shards
+        load_model(model, str(shard), strict=False)
     tensors = load_file(str(ckpt / "optim.safetensors"))
     torch.set_rng_state(tensors.pop("torch_rng"))
     opt_state: dict = {"state": {}, "param_groups": state["param_groups"]}

@@ -27,7 +27,6 @@ def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig
         top_k=1 if greedy else -1,
         top_p=1.0 if greedy else ev.top_p,
         init_div_range=None,
-        fallback_cut=sampler.fallback_cut if ev.sampler == "tree" else "no_fallback",
     )
 
 

@@ -7,7 +7,9 @@ use the same plain temperature scaling, so the importance ratio is exact on-poli
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from treepo_lab.engines.base import SamplingParams
+from treepo_lab.engines.logprobs import entropy_of, sampling_logprobs
 
 
 def pack(seqs: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -27,11 +29,10 @@ def pack(seqs: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[s
 
 def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False):
     """log pi(x_{t+1} | x_<=t) for every position, [B, L-1]; and the entropy of each distribution."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    logp_all = F.log_softmax(logits / temperature, dim=-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    logp_all = sampling_logprobs(logits, SamplingParams(temperature=temperature))
     logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
-    return logp, entropy
+    return logp, entropy_of(logp_all) if with_entropy else None
 
 
 def place(values: list[torch.Tensor], response_mask: torch.Tensor) -> torch.Tensor:

@@ -70,12 +70,10 @@ def find_checkpoint(ref: str) -> Path:
 
 def resume(ref: str, overrides: list[str] | None = None, progress: bool = True):
     """Continue a run from its latest checkpoint with the config it was started with."""
-    from treepo_lab.config import ExperimentConfig as _E
-
     path = find_checkpoint(ref)
     state = ckpt.read_state(path)
     run_dir = path.parent.parent
-    base = OmegaConf.structured(_E)
+    base = OmegaConf.structured(ExperimentConfig)
     saved = OmegaConf.load(run_dir / "config.yaml")
     cfg = OmegaConf.merge(base, saved, OmegaConf.from_dotlist(list(overrides or [])))
     return run_experiment(cfg, resume_from=path, resume_run_id=state.get("run_id"), progress=progress)

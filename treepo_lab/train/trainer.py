@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import random
 import time
@@ -91,6 +90,7 @@ class Trainer:
         self._reward_pool = ThreadPoolExecutor(max_workers=1)
         self._reward_errors = self._reward_timeouts = 0
         self._last_eval_step = -1
+        self.last_eval_records: list[dict] = []  # per-problem records of the latest evaluation
         if resume_from is not None:
             self._resume(Path(resume_from))
 
@@ -117,7 +117,7 @@ class Trainer:
         return False
 
     def _rollout_round(self, step: int, round_: int):
-        """One generation round: prompts, trees, correctness per leaf."""
+        """One generation round: the rollout and the correctness of every leaf."""
         cfg = self.cfg
         rng = np.random.default_rng(step_seed(cfg.seed, step, 1 + round_))
         problems = self.task.sample(cfg.trainer.prompts_per_step, rng)
@@ -130,7 +130,7 @@ class Trainer:
                    for t, p in zip(result.trees, problems)]
         for t, p in zip(result.trees, problems):
             t.prompt_text, t.answer = p.prompt, p.answer
-        return problems, result, correct
+        return result, correct
 
     # ---- one training step --------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
@@ -140,7 +140,7 @@ class Trainer:
         rollout_metrics: dict[str, float] = {}
         errors0, timeouts0 = self._reward_errors, self._reward_timeouts
         while not groups.done:
-            problems, result, correct = self._rollout_round(step, groups.rounds)
+            result, correct = self._rollout_round(step, groups.rounds)
             m = result.metrics()
             for k, v in m.items():  # compute adds up over rounds; shape metrics keep the last round's
                 rollout_metrics[k] = rollout_metrics.get(k, 0.0) + v if k in CumulativeCompute.ADDITIVE else v
@@ -310,7 +310,7 @@ class Trainer:
     def _eval_and_log(self) -> None:
         self._last_eval_step = self.step
         metrics, records = self.evaluate()
-        self._last_eval_records = records
+        self.last_eval_records = records
         metrics["time/wall_s"] = self.wall_s
         metrics.update(self.cumulative.add({}))  # the running totals, unchanged
         self._log(metrics)
@@ -327,7 +327,3 @@ class Trainer:
 
     def close(self) -> None:
         self._reward_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def dump_history(history: list[dict], path: Path) -> None:
-    path.write_text(json.dumps(history, indent=1))
