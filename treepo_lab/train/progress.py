@@ -13,12 +13,13 @@ from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
-SHOWN = {  # metric -> short label on the training bar
+SHOWN = {  # metric -> short label on the training bar (each saving says what it is measured against)
     "train/accuracy": "acc",
     "critic/score/mean": "score",
     "eval/accuracy": "eval",
     "response_length/mean": "len",
-    "rollout/token_saving": "saving",
+    "rollout/token_saving": "saving_vs_indep",
+    "rollout/token_saving_vs_sequential": "saving_vs_seq",
     "cumulative/rollout/decoded_tokens": "tok",
 }
 # metric-name fragments of shares in [0, 1], printed as percentages
