@@ -26,6 +26,7 @@ from treepo_lab.algo.registries import ESTIMATORS, POLICY_LOSSES, needs_tree
 from treepo_lab.engines.config import EngineConfig
 from treepo_lab.engines.factory import ENGINES
 from treepo_lab.models.config import ModelConfig, WarmstartConfig
+from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout import config as sampler_config
 from treepo_lab.rollout.config import SamplerConfig
@@ -87,6 +88,7 @@ def compose_config(name: str = "default", overrides: list[str] | None = None) ->
     known = list_experiments()
     if name not in known:
         raise ConfigError("experiment", name, f"one of {', '.join(known) or '(no experiments found)'}")
+    check_override_keys(ExperimentConfig, list(overrides or []))  # sampler.widht=8: did you mean width?
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(experiments_dir()), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides or []))
