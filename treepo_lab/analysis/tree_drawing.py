@@ -80,7 +80,7 @@ def tree_svg(tree: Mapping) -> str:
     rewards = [lf["reward"] for lf in leaves if lf["reward"] is not None]
     lo, hi = (min(rewards), max(rewards)) if rewards else (0.0, 1.0)
     depth = max([n["depth"] for n in nodes.values()] or [0])
-    width = MARGIN * 2 + max(len(leaves), 1) * COL_W
+    width = max(MARGIN * 2 + max(len(leaves), 1) * COL_W, 520)  # room for the colour legend
     height = MARGIN * 2 + (depth + 1) * ROW_H + 30
     px = lambda v: MARGIN + COL_W / 2 + v * COL_W
     py = lambda d: MARGIN + d * ROW_H

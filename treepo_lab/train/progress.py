@@ -45,19 +45,28 @@ def fmt(key: str, value) -> str:
     return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
+def _live() -> bool:
+    """A redrawn bar only on a terminal; into a file or CI log every redraw would be a new line."""
+    return sys.stderr.isatty()
+
+
 class StepProgress:
     """The training bar: one step per update, the SHOWN numbers of the last step as its postfix.
-    It is closed once at the end, so the final line is printed once."""
+    On a terminal the bar redraws in place; elsewhere (a log file, CI) one line is printed at the end.
+    Either way the final line appears once."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True):
-        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled,
+        self.enabled, self.live = enabled, enabled and _live()
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", disable=not self.live,
                         dynamic_ncols=True, file=sys.stderr)
+        self.total, self.n, self.t0 = total, initial, time.perf_counter()
         self.last: dict[str, str] = {}
 
     def update(self, metrics: dict) -> None:
         for key, label in SHOWN.items():
             if key in metrics:
                 self.last[label] = fmt(key, metrics[key])
+        self.n += 1
         self.bar.set_postfix(self.last, refresh=False)
         self.bar.update(1)
 
@@ -66,18 +75,37 @@ class StepProgress:
 
     def __exit__(self, *exc) -> None:
         self.bar.close()
+        if self.enabled and not self.live:
+            post = ", ".join(f"{k}={v}" for k, v in self.last.items())
+            print(f"train: {self.n}/{self.total} steps in {time.perf_counter() - self.t0:.0f} s"
+                  + (f", {post}" if post else ""), file=sys.stderr, flush=True)
+
+
+class _Count:
+    """The bar's `update(n)` where no bar is drawn: counts, for the one line printed at the end."""
+
+    def __init__(self):
+        self.n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
 
 
 @contextmanager
 def eval_progress(total: int, enabled: bool = True):
-    """A bar over the held-out problems (`bar.update(n)` after each batch); it disappears when done,
-    the training bar above it stays."""
-    bar = tqdm(total=total, desc="eval", unit="problem", leave=False, disable=not enabled, dynamic_ncols=True,
-               file=sys.stderr)
+    """A bar over the held-out problems (`bar.update(n)` after each batch). On a terminal it
+    disappears when done (the training bar above it stays); elsewhere one line at the end."""
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="eval", unit="problem", leave=False, dynamic_ncols=True,
+               file=sys.stderr) if enabled and _live() else _Count()
     try:
         yield bar
     finally:
-        bar.close()
+        if isinstance(bar, _Count):
+            if enabled:
+                print(f"eval: {bar.n} problems in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        else:
+            bar.close()
 
 
 @contextmanager
