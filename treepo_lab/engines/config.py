@@ -19,7 +19,8 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 class EngineConfig:
     name: str = "hf"  # hf (transformers, KV-cache forking) | vllm (automatic prefix caching)
     # ---- vLLM only ----
-    dtype: str | None = None  # float32 | bfloat16 | float16 | auto; null: float32 on CPU (agrees with the HF recompute), bfloat16 on GPU
+    # float32 | bfloat16 | float16 | auto; null: float32 on CPU (agrees with the HF recompute), bfloat16 on GPU
+    dtype: str | None = None
     gpu_memory_utilization: float = 0.6  # GPU: fraction of memory for weights + KV cache (spec: 0.8)
     tensor_parallel_size: int = 1  # (`tensor_model_parallel_size`)
     # KV block; null: 32 on CPU (the CPU build rejects 16; 128 gets no prefix hits on short prompts), 16

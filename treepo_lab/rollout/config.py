@@ -202,7 +202,8 @@ def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
     if cfg.min_len is not None:
         need_int("min_len", cfg.min_len, 1, "an integer >= 1, or null (off)")
         if cfg.min_len > d * l:
-            bad("min_len", cfg.min_len, f"null or an integer <= max_depth*segment_len={d * l} (a longer minimum can never be met)")
+            bad("min_len", cfg.min_len,
+                f"null or an integer <= max_depth*segment_len={d * l} (a longer minimum can never be met)")
 
     need_int("fallback_min_windows", cfg.fallback_min_windows, 1)
     if cfg.fallback_window is not None:
