@@ -20,7 +20,8 @@ ESTIMATORS.declare("treepo", f"{_ADV}:treepo", whiten=True, needs_tree=True)
 ESTIMATORS.declare("tree_segment", f"{_ADV}:tree_segment", whiten=True, needs_tree=True)
 ESTIMATORS.declare("spo", f"{_ADV}:spo", whiten=False, needs_tree=True)
 
-# name -> loss(logp, old_logp, advantages, mask, cfg, ref_logp=None, entropy=None) -> (loss, stats)
+# name -> loss(logp, old_logp, advantages, mask, cfg, ref_logp=None, entropy=None, max_response_len=None)
+#   -> (loss, stats)
 POLICY_LOSSES: Registry = Registry("policy loss")
 POLICY_LOSSES.declare("ppo", "treepo_lab.algo.loss:ppo_loss")
 
