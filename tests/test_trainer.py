@@ -6,6 +6,7 @@ these run the real forward/backward, real engine and real sampler in seconds.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -123,20 +124,25 @@ def test_reward_exception_scores_wrong_and_is_counted(ws_cache):
     assert metrics["reward/errors"] > 0
 
 
-def test_reward_timeout_scores_wrong_and_is_counted(ws_cache):
-    import time
+def faulty_verifier(trainer, hang_at=(), raise_at=()):
+    """Make the task's verifier hang (0.5 s) or raise on the given calls (1-based); returns the call count."""
+    real_score, calls = trainer.task.score, {"n": 0}
 
-    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "trainer.reward_timeout_s=0.05"))
-    real_score = trainer.task.score
-    calls = {"n": 0}
-
-    def slow_first(text, problem):
+    def score(text, problem):
         calls["n"] += 1
-        if calls["n"] == 1:
-            time.sleep(0.5)  # a hung verifier: the leaf is scored wrong, the step goes on
+        if calls["n"] in hang_at:
+            time.sleep(0.5)
+        if calls["n"] in raise_at:
+            raise ValueError("a broken verifier")
         return real_score(text, problem)
 
-    trainer.task.score = slow_first
+    trainer.task.score = score
+    return calls
+
+
+def test_reward_timeout_scores_wrong_and_is_counted(ws_cache):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "trainer.reward_timeout_s=0.05"))
+    faulty_verifier(trainer, hang_at={1})  # a hung verifier: the leaf is scored wrong, the step goes on
     metrics = trainer.train_step(0)
     assert metrics["reward/timeouts"] == 1
     assert metrics["train/n_leaves"] > 0
@@ -179,21 +185,8 @@ def test_on_eval_hook_sees_every_evaluation_and_its_errors_propagate(ws_cache, t
 
 
 def test_evaluation_scores_under_the_time_limit(ws_cache):
-    import time
-
     trainer = Trainer(make_cfg(ws_cache, "trainer.reward_timeout_s=0.05", "eval.n_problems=4"))
-    real_score = trainer.task.score
-    calls = {"n": 0}
-
-    def hangs_once(text, problem):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            time.sleep(0.5)  # a hung verifier during evaluation: scored wrong, evaluation goes on
-        if calls["n"] == 3:
-            raise ValueError("a broken verifier")
-        return real_score(text, problem)
-
-    trainer.task.score = hangs_once
+    faulty_verifier(trainer, hang_at={2}, raise_at={3})  # evaluation goes on, both scored wrong
     metrics, records = trainer.evaluate()
     assert metrics["eval/reward_timeouts"] == 1 and metrics["eval/reward_errors"] == 1
     assert len(records) == 4 and records[1]["correct"] == [False] and records[2]["correct"] == [False]
