@@ -124,6 +124,14 @@ def hint_for(cmd: str, err: BaseException, line: str = "") -> str:
     return "treepo-lab --help"
 
 
+def interrupted_line(stop: KeyboardInterrupt) -> str:
+    """Ctrl-C: run_experiment raises a KeyboardInterrupt carrying .checkpoint and .resume_ref."""
+    ckpt, ref = getattr(stop, "checkpoint", None), getattr(stop, "resume_ref", None)
+    if ckpt is None:
+        return "interrupted: no checkpoint yet" + (f" (run {ref})" if ref else "")
+    return f"interrupted: checkpoint {ckpt} \u2014 resume with: treepo-lab resume {ref or ckpt}"
+
+
 # ------------------------------------------------------------------------------------------- output
 
 def _samples(records, n):
@@ -195,6 +203,11 @@ def print_summary(trainer, history: list[dict]) -> None:
         print(line + f", wall {fmt('time/wall_s', s['time/wall_s'])} s")
     if trainer.last_eval_records:
         _samples(trainer.last_eval_records, 3)
+    skipped, steps_done = getattr(trainer, "skipped_steps", 0), trainer.step
+    if skipped:
+        print(f"warning: {skipped} of {steps_done} steps skipped: every prompt was all-right or all-wrong in every "
+              f"DAPO round (nothing learned)" + ("; no step learned anything: raise reward.max_resample_rounds, "
+                                                "trainer.prompts_per_step or sampler.width" if skipped == steps_done else ""))
     tracker = trainer.tracker
     if tracker.run_id:
         print(f"MLflow experiment {tracker.experiment_name!r}, run {tracker.run_name} ({tracker.run_id}) in "
