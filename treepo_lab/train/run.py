@@ -17,6 +17,7 @@ from treepo_lab.models.load import resolve_device
 from treepo_lab.track.mlflow_tracker import Tracker
 from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train.preflight import preflight
+from treepo_lab.train.progress import setup_step
 from treepo_lab.train.trainer import Trainer
 
 RUN_DIR_TAG = "treepo.run_dir"
@@ -41,7 +42,8 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
             name = tracker.run_name or f"{cfg.name}-{time.strftime('%m%d-%H%M%S')}"
             run_dir = (Path(cfg.trainer.output_dir) / name).resolve()
         tracker.set_tag(RUN_DIR_TAG, str(run_dir))
-        trainer = Trainer(cfg, tracker=tracker, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
+        with setup_step("loading the model, task and engine", enabled=progress):  # seconds here, minutes for vLLM
+            trainer = Trainer(cfg, tracker=tracker, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
         try:
             history = trainer.fit(progress=progress)
         finally:
