@@ -37,7 +37,12 @@ def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, w
 
 def place(values: list[torch.Tensor], response_mask: torch.Tensor) -> torch.Tensor:
     """Scatter per-sequence response vectors (one value per response token) into the [B, L-1] layout."""
-    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    out = torch.zeros(response_mask.shape, dtype=_at_least_float32(values), device=response_mask.device)
     for i, v in enumerate(values):
-        out[i, response_mask[i]] = v.to(out.device, torch.float32)
+        out[i, response_mask[i]] = v.to(out.device, out.dtype)
     return out
+
+
+def _at_least_float32(values: list[torch.Tensor]) -> torch.dtype:
+    """float32, or float64 when the values are (a float64 exactness check must not round to float32)."""
+    return torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
