@@ -73,48 +73,58 @@ def _lcp(a: list[int], b: list[int]) -> int:
     return i
 
 
-def plan_packs(seqs: list[tuple[list[int], list[int]]], budget: int | None = None) -> list[Pack]:
-    """Pack (prompt, response) sequences into tries of at most `budget` unique tokens (None: one pack).
+def split_packs(seqs: list[tuple[list[int], list[int]]], rows: list[int], budget: int | None) -> list[list[int]]:
+    """Cut `rows` (indices into `seqs`) into packs whose tries hold at most `budget` tokens (None: one).
 
-    Leaves keep no order inside a pack (rows follow the trie's depth-first order); `Pack.leaves` maps
-    rows back to `seqs`.
+    Each pack lists its rows in ascending order; a row longer than the budget is a pack of its own.
     """
     if budget is not None and budget < 1:
         raise ValueError(f"packing budget must be >= 1 token, got {budget}")
-    for i, (p, r) in enumerate(seqs):
-        if not p:
-            raise ValueError(f"sequence {i}: empty prompt (the first response token is predicted from it)")
-    ctx = [list(p) + list(r)[:-1] for p, r in seqs]  # forwarded part: the last token is only a target
-    order = sorted(range(len(seqs)), key=lambda i: ctx[i])
+    ctx = {j: _context(seqs, j) for j in rows}
     packs, members, size, prev = [], [], 0, None
-    for i in order:
-        grow = len(ctx[i]) - (_lcp(prev, ctx[i]) if prev is not None else 0)
+    for j in sorted(rows, key=lambda j: ctx[j]):  # the trie's depth-first order
+        grow = len(ctx[j]) - (_lcp(prev, ctx[j]) if prev is not None else 0)
         if members and budget is not None and size + grow > budget:
-            packs.append(_build(members, seqs, ctx))
-            members, size, grow = [], 0, len(ctx[i])
-        members.append(i)
+            packs.append(sorted(members))
+            members, size, grow = [], 0, len(ctx[j])
+        members.append(j)
         size += grow
-        prev = ctx[i]
+        prev = ctx[j]
     if members:
-        packs.append(_build(members, seqs, ctx))
+        packs.append(sorted(members))
     return packs
 
 
-def _build(members: list[int], seqs, ctx) -> Pack:
-    """The trie of `members` (already in depth-first order) in preorder, and each leaf's gather indices."""
+def _context(seqs, j: int) -> list[int]:
+    """The forwarded part of sequence j: prompt + response without its last token (only a target)."""
+    p, r = seqs[j]
+    if not p:
+        raise ValueError(f"sequence {j}: empty prompt (the first response token is predicted from it)")
+    return list(p) + list(r)[:-1]
+
+
+def plan_packs(seqs: list[tuple[list[int], list[int]]], budget: int | None = None) -> list[Pack]:
+    """All of `seqs` in packs of at most `budget` trie tokens (None: one pack); `Pack.leaves` maps rows
+    back to `seqs`."""
+    return [build_pack(seqs, rows) for rows in split_packs(seqs, list(range(len(seqs))), budget)]
+
+
+def build_pack(seqs: list[tuple[list[int], list[int]]], rows: list[int]) -> Pack:
+    """One pack of the sequences `rows` (its output rows in that order): their trie in preorder, and
+    each row's gather indices."""
+    ctx = {j: _context(seqs, j) for j in rows}
     tokens: list[int] = []
     depth: list[int] = []
-    paths: list[list[int]] = []  # per leaf: pack position of each of its forwarded tokens
+    paths: dict[int, list[int]] = {}  # per row: pack position of each of its forwarded tokens
     prev_ctx, prev_path = [], []
-    for i in members:
-        c = ctx[i]
+    for j in sorted(rows, key=lambda j: ctx[j]):  # depth-first: each shares exactly its lcp with the last
+        c = ctx[j]
         k = _lcp(prev_ctx, c)
         start = len(tokens)
         tokens += c[k:]
         depth += range(k, len(c))
-        path = prev_path[:k] + list(range(start, len(tokens)))
-        paths.append(path)
-        prev_ctx, prev_path = c, path
+        paths[j] = prev_path[:k] + list(range(start, len(tokens)))
+        prev_ctx, prev_path = c, paths[j]
     # subtree end in preorder: the next position not deeper than this one
     end = [len(tokens)] * len(tokens)
     stack: list[int] = []
@@ -122,23 +132,23 @@ def _build(members: list[int], seqs, ctx) -> Pack:
         while stack and depth[stack[-1]] >= d:
             end[stack.pop()] = pos
         stack.append(pos)
-    # response token t of a leaf (sequence index n_p + t) is scored by the distribution at position n_p+t-1
-    ctx_pos = [path[len(seqs[i][0]) - 1:] for i, path in zip(members, paths)]
-    width = max(1, max(len(seqs[i][1]) for i in members))
+    # response token t of a row (sequence index n_p + t) is scored by the distribution at n_p + t - 1
+    ctx_pos = [paths[j][len(seqs[j][0]) - 1:] for j in rows]
+    width = max(1, max(len(seqs[j][1]) for j in rows))
     flat_ctx = torch.tensor([q for cp in ctx_pos for q in cp], dtype=torch.long)
     logit_rows, inverse = torch.unique(flat_ctx, sorted=True, return_inverse=True)
-    slot = torch.zeros((len(members), width), dtype=torch.long)
-    target = torch.zeros((len(members), width), dtype=torch.long)
-    mask = torch.zeros((len(members), width), dtype=torch.bool)
+    slot = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
     at = 0
-    for row, i in enumerate(members):
-        n = len(seqs[i][1])
-        slot[row, :n] = inverse[at: at + n]
-        target[row, :n] = torch.tensor(list(seqs[i][1]), dtype=torch.long)
-        mask[row, :n] = True
+    for r, j in enumerate(rows):
+        n = len(seqs[j][1])
+        slot[r, :n] = inverse[at: at + n]
+        target[r, :n] = torch.tensor(list(seqs[j][1]), dtype=torch.long)
+        mask[r, :n] = True
         at += n
     return Pack(torch.tensor(tokens, dtype=torch.long), torch.tensor(depth, dtype=torch.long),
-                torch.tensor(end, dtype=torch.long), list(members), logit_rows, slot, target, mask)
+                torch.tensor(end, dtype=torch.long), list(rows), logit_rows, slot, target, mask)
 
 
 def tree_mask(pack: Pack, dtype: torch.dtype) -> torch.Tensor:
@@ -185,7 +195,10 @@ def pack_forward(model, pack: Pack, temperature: float = 1.0, with_entropy: bool
     Padding entries (where `pack.response_mask` is False) hold finite filler values. Gradients flow
     when the caller allows them; each shared token's gradient is the sum over the leaves through it.
     """
-    dtype = next(model.parameters()).dtype
+    param = next(model.parameters())
+    dtype = param.dtype
+    if pack.input_ids.device != param.device:
+        pack = pack.to(param.device)
     out = model(input_ids=pack.input_ids[None], attention_mask=tree_mask(pack, dtype),
                 position_ids=pack.position_ids[None], use_cache=False, logits_to_keep=pack.logit_rows)
     logp_all = sampling_logprobs(out.logits[0], SamplingParams(temperature=temperature))  # [P, V]
