@@ -1,11 +1,12 @@
 """Tree packing equals the flat per-leaf update: log-probs, loss and gradients.
 
-The reference is the flat path the update has always used: right-padded rows (`policy.pack`,
-`token_logprobs`, `place`) into `ppo_loss`, micro-batches weighted as the trainer weights them. Trees come
-from a random trie generator (duplicates, prefixes of other leaves, several prompts, a shared prompt) and
-from the real sampler on a tiny random Llama through the HF engine (fallback cuts with partial copies,
-EOS at different depths, GRPO's independent samples). KL and entropy terms are on, clipping and dual
-clipping are active (the current policy is a perturbed copy of the old one).
+The reference is the flat path the update has always used (`update.forward_leaves`: right-padded rows)
+into `ppo_loss`, micro-batches weighted as `update.ppo_update` weights them; the tree side swaps in
+`packing.forward_packed` over packs (`split_packs`). Trees come from a random trie generator (duplicates,
+prefixes of other leaves, several prompts, a shared prompt) and from the real sampler on a tiny random
+Llama through the HF engine (fallback cuts with partial copies, EOS at different depths, GRPO's
+independent samples). KL and entropy terms are on, clipping and dual clipping are active (the current
+policy is a perturbed copy of the old one). The last tests run `ppo_update` itself both ways.
 """
 from __future__ import annotations
 
@@ -24,16 +25,18 @@ from treepo_lab.engines.hf import HFEngine
 from treepo_lab.models.config import TinyModelConfig
 from treepo_lab.models.tiny import build_tiny_model
 from treepo_lab.models.tokenizer import build_char_tokenizer
-from treepo_lab.rollout.config import SamplerConfig
+from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
 from treepo_lab.train import packing
-from treepo_lab.train.packing import leaf_logprobs, pack_forward, plan_packs, stack_rows, tree_mask
-from treepo_lab.train.policy import pack, place, token_logprobs
+from treepo_lab.train.packing import build_pack, forward_packed, split_packs, tree_mask
+from treepo_lab.train.update import (LeafBatch, forward_leaves, leaf_logprobs, place, plan_minibatches,
+                                     ppo_update)
 
 TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 TEMP = 0.9
-LOSS = LossConfig(clip_low=0.05, clip_high=0.08, dual_clip_c=1.5, norm_horizon=48,
-                  kl_coef=0.3, kl_type="low_var_kl", entropy_coef=0.02)
+HORIZON = 48  # max_response_len: the horizon of seq-mean-token-sum-norm
+LOSS = LossConfig(clip_low=0.05, clip_high=0.08, dual_clip_c=1.5, kl_coef=0.3, kl_type="low_var_kl",
+                  entropy_coef=0.02)
 
 
 def tiny_llama(vocab: int, dtype=torch.float64, attn: str = "sdpa") -> LlamaForCausalLM:
@@ -54,6 +57,13 @@ def perturbed(model, scale: float, seed: int):
     return other
 
 
+def as_batch(seqs) -> LeafBatch:
+    """Leaves in one LeafBatch, a prompt group per distinct prompt."""
+    ids: dict[tuple, int] = {}
+    groups = [ids.setdefault(tuple(p), len(ids)) for p, _ in seqs]
+    return LeafBatch([list(p) for p, _ in seqs], [list(r) for _, r in seqs], groups, 0)
+
+
 def random_trie_seqs(rng: random.Random, vocab: int) -> list[tuple[list[int], list[int]]]:
     """Leaves that branch at random depths, repeat, end inside another leaf, and span prompts."""
     seqs = []
@@ -69,43 +79,27 @@ def random_trie_seqs(rng: random.Random, vocab: int) -> list[tuple[list[int], li
     return seqs
 
 
-# ---- the two update paths -----------------------------------------------------------------------
+# ---- the two forwards under one loss --------------------------------------------------------------
 
-def weight(mask: torch.Tensor, n_tok: int, n_leaves: int, mode: str) -> float:
-    """The trainer's micro-batch weight: the mini-batch loss is the same whatever the split."""
-    return mask.sum().item() / n_tok if mode == "token-mean" else mask.shape[0] / n_leaves
-
-
-def flat_logprobs(model, seqs, micro: int = 4):
-    out = []
-    for s in range(0, len(seqs), micro):
-        b = pack(seqs[s: s + micro], 0, "cpu")
-        lp, _ = token_logprobs(model, b["input_ids"], b["attention_mask"], TEMP)
-        out += [lp[j][b["response_mask"][j]] for j in range(lp.shape[0])]
-    return out
+def chunks(batch: LeafBatch, budget, micro: int = 4) -> tuple[list[list[int]], list[list[int]]]:
+    """Flat micro-batches of `micro` leaves; tree packs of at most `budget` trie tokens."""
+    rows = list(range(len(batch)))
+    return ([rows[s: s + micro] for s in range(0, len(rows), micro)],
+            split_packs(list(zip(batch.prompts, batch.responses)), rows, budget))
 
 
-def flat_loss(model, seqs, old, adv, ref, cfg, micro: int = 4):
-    n_tok, total = sum(len(r) for _, r in seqs), 0.0
-    for s in range(0, len(seqs), micro):
-        rows = list(range(s, min(s + micro, len(seqs))))
-        b = pack([seqs[j] for j in rows], 0, "cpu")
-        mask = b["response_mask"]
-        lp, ent = token_logprobs(model, b["input_ids"], b["attention_mask"], TEMP, with_entropy=True)
+def minibatch_loss(model, batch, parts, forward, old, adv, ref, cfg):
+    """One mini-batch's loss as ppo_update builds it: each part's loss weighted by its share of tokens
+    (token-mean) or of leaves (the seq-mean modes)."""
+    mode, total = cfg.loss_agg_mode, 0.0
+    share = (lambda rows: sum(len(batch.responses[j]) for j in rows)) if mode == "token-mean" else len
+    whole = sum(share(rows) for rows in parts)
+    for rows in parts:
+        lp, ent, mask = forward(model, batch, rows, TEMP, with_entropy=True)
         loss, _ = ppo_loss(lp, place([old[j] for j in rows], mask), place([adv[j] for j in rows], mask), mask,
-                           cfg, ref_logp=place([ref[j] for j in rows], mask), entropy=ent)
-        total = total + loss * weight(mask, n_tok, len(seqs), cfg.loss_agg_mode)
-    return total
-
-
-def tree_loss(model, seqs, old, adv, ref, cfg, budget=None):
-    n_tok, total = sum(len(r) for _, r in seqs), 0.0
-    for pk in plan_packs(seqs, budget):
-        mask = pk.response_mask
-        lp, ent = pack_forward(model, pk, TEMP, with_entropy=True)
-        loss, _ = ppo_loss(lp, stack_rows(old, pk.leaves, mask), stack_rows(adv, pk.leaves, mask), mask,
-                           cfg, ref_logp=stack_rows(ref, pk.leaves, mask), entropy=ent)
-        total = total + loss * weight(mask, n_tok, len(seqs), cfg.loss_agg_mode)
+                           cfg, ref_logp=place([ref[j] for j in rows], mask), entropy=ent,
+                           max_response_len=HORIZON)
+        total = total + loss * (share(rows) / whole)
     return total
 
 
@@ -119,19 +113,19 @@ def grads(model, loss) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
-def compare(model, seqs, mode: str, budget, dtype, n_adv_seed: int = 0):
+def compare(model, seqs, mode: str, budget, seed: int = 0):
     """Old/ref log-probs each path computes its own way; loss and gradients of both; max rel diffs."""
-    old_model, ref_model = perturbed(model, 0.0, 1), perturbed(model, 0.03, 2)
-    cur = perturbed(model, 0.02, 3)
-    g = torch.Generator().manual_seed(n_adv_seed)
-    adv = [torch.randn(len(r), generator=g) for _, r in seqs]  # per-token: a shared token sees several
-    with torch.no_grad():
-        old_f, ref_f = flat_logprobs(old_model, seqs), flat_logprobs(ref_model, seqs)
-        packs = plan_packs(seqs, budget)
-        old_t, ref_t = leaf_logprobs(old_model, packs, len(seqs), TEMP), leaf_logprobs(ref_model, packs, len(seqs), TEMP)
+    batch = as_batch(seqs)
+    old_model, ref_model, cur = perturbed(model, 0.0, 1), perturbed(model, 0.03, 2), perturbed(model, 0.02, 3)
+    g = torch.Generator().manual_seed(seed)
+    adv = [torch.randn(len(r), generator=g) for r in batch.responses]  # per token: a shared token sees several
+    flat, tree = chunks(batch, budget)
+    old_f, ref_f = (leaf_logprobs(m, batch, flat, TEMP) for m in (old_model, ref_model))
+    old_t, ref_t = (leaf_logprobs(m, batch, tree, TEMP, forward_packed) for m in (old_model, ref_model))
     lp_diff = max(rel(t, f) for t, f in zip(old_t + ref_t, old_f + ref_f))
     cfg = dataclasses.replace(LOSS, loss_agg_mode=mode)
-    lf, lt = flat_loss(cur, seqs, old_f, adv, ref_f, cfg), tree_loss(cur, seqs, old_t, adv, ref_t, cfg, budget)
+    lf = minibatch_loss(cur, batch, flat, forward_leaves, old_f, adv, ref_f, cfg)
+    lt = minibatch_loss(cur, batch, tree, forward_packed, old_t, adv, ref_t, cfg)
     gf, gt = grads(cur, lf), grads(cur, lt)
     return lp_diff, rel(lt.detach(), lf.detach()), max(rel(a, b) for a, b in zip(gt, gf))
 
@@ -145,7 +139,7 @@ def test_random_trees_loss_and_gradients_equal_flat(mode, dtype):
     model = tiny_llama(vocab, dtype)
     seqs = random_trie_seqs(random.Random(1), vocab)
     for budget in (None, 20):  # one pack; packs split along subtrees, prefixes repeated
-        lp_diff, loss_diff, grad_diff = compare(model, seqs, mode, budget, dtype)
+        lp_diff, loss_diff, grad_diff = compare(model, seqs, mode, budget)
         assert lp_diff < TOL[dtype] and loss_diff < TOL[dtype] and grad_diff < TOL[dtype], \
             (budget, lp_diff, loss_diff, grad_diff)
 
@@ -154,14 +148,14 @@ def test_eager_attention_is_exact_too():
     vocab = 24
     model = tiny_llama(vocab, torch.float64, attn="eager")
     seqs = random_trie_seqs(random.Random(2), vocab)
-    assert max(compare(model, seqs, "seq-mean-token-mean", 30, torch.float64)) < 1e-6
+    assert max(compare(model, seqs, "seq-mean-token-mean", 30)) < 1e-6
 
 
 def test_trie_counts_each_prefix_once_and_mask_is_ancestry():
     seqs = random_trie_seqs(random.Random(3), 24)
     # the unique forwarded prefixes: every prefix of prompt + response[:-1] (a last token is only a target)
     prefixes = {tuple((p + r[:-1])[: k + 1]) for p, r in seqs for k in range(len(p) + len(r) - 1)}
-    (one,) = plan_packs(seqs)
+    one = build_pack(seqs, list(range(len(seqs))))
     assert one.n_tokens == len(prefixes)
     # rebuild each position's prefix by walking the mask's visible keys: it must be a trie node's prefix
     sees = tree_mask(one, torch.float32)[0, 0] == 0
@@ -173,8 +167,9 @@ def test_trie_counts_each_prefix_once_and_mask_is_ancestry():
         seen_prefixes.add(tuple(ids[k] for k in keys))
     assert seen_prefixes == prefixes
     # packs at a small budget: the same leaves, each once; shared prefixes repeated across packs
-    small = plan_packs(seqs, 12)
-    assert sorted(i for pk in small for i in pk.leaves) == list(range(len(seqs)))
+    parts = split_packs(seqs, list(range(len(seqs))), 12)
+    assert sorted(j for rows in parts for j in rows) == list(range(len(seqs)))
+    small = [build_pack(seqs, rows) for rows in parts]
     assert all(pk.n_tokens <= 12 or len(pk.leaves) == 1 for pk in small)
     assert sum(pk.n_tokens for pk in small) > one.n_tokens
 
@@ -193,16 +188,16 @@ def test_unsupported_attention_falls_back_with_one_log(caplog):
 
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="empty prompt"):
-        plan_packs([([], [1, 2])])
+        build_pack([([], [1, 2])], [0])
     with pytest.raises(ValueError, match="budget"):
-        plan_packs([([1], [2])], budget=0)
+        split_packs([([1], [2])], [0], budget=0)
 
 
 # ---- real sampler trees -------------------------------------------------------------------------
 
 SAMPLERS = {
     # b=1 chains that fall back at the least likely token: cuts inside segments (partial copies)
-    "partial_copies": {"width": 6, "max_depth": 4, "segment_len": 4, "branch": 1, "init_div_range": [2, 2],
+    "partial_copies": {"width": 6, "max_depth": 4, "segment_len": 4, "branch": 1, "init_div": InitDivConfig("random", 2, 2),
                        "fallback_candidates": "random_all", "fallback_cut": "min_logprob_token"},
     # branching with EOS at different depths and random fallback cuts
     "tree": {"width": 8, "max_depth": 4, "segment_len": 4, "branch": 2, "fallback_candidates": "random_all"},
@@ -221,12 +216,12 @@ def real_model():
     return model, tok
 
 
-def sampler_seqs(real_model, knobs: dict, seed: int = 5):
+def sampler_seqs(real_model, knobs: dict, seed: int = 5, prompts=("12+7=", "3*4-5=")):
     model, tok = real_model
     engine = HFEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = SamplerConfig(**knobs, temperature=TEMP)
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-    prompts = [tok("12+7=")["input_ids"], tok("3*4-5=")["input_ids"]]
+    prompts = [tok(p)["input_ids"] for p in prompts]
     res = build_sampler(cfg, engine, decode, tok.eos_token_id).rollout(prompts, seed=seed)
     return res.trees, [(t.prompt_ids, t.response_tokens(lf)) for t in res.trees for lf in t.leaves]
 
@@ -238,12 +233,12 @@ def test_real_sampler_trees_equal_flat_for_every_mode(real_model, name):
     assert len(depths) > 1, depths  # leaves of different depths
     if name == "partial_copies":
         assert any(n.group_id is not None for t in trees for n in t.nodes.values())
-    (one,) = plan_packs(seqs)
+    one = build_pack(seqs, list(range(len(seqs))))
     assert one.n_tokens < sum(len(p) + len(r) for p, r in seqs)  # something is shared (at least the prompt)
     model = copy.deepcopy(real_model[0]).double()  # sampled in float32, checked in float64
     for mode in LOSS_AGG_MODES:
         for budget in (None, 40):
-            diffs = compare(model, seqs, mode, budget, torch.float64)
+            diffs = compare(model, seqs, mode, budget)
             assert max(diffs) < TOL[torch.float64], (mode, budget, diffs)
 
 
@@ -251,4 +246,62 @@ def test_real_sampler_trees_float32(real_model):
     _, seqs = sampler_seqs(real_model, SAMPLERS["partial_copies"])
     model = real_model[0]
     for mode in LOSS_AGG_MODES:
-        assert max(compare(model, seqs, mode, 40, torch.float32)) < TOL[torch.float32], mode
+        assert max(compare(model, seqs, mode, 40)) < TOL[torch.float32], mode
+
+
+# ---- ppo_update itself, both ways ---------------------------------------------------------------
+
+def run_update(model, batch, adv, cfg, packing_kind: str, budget: int, epochs: int = 2, loss_fn=ppo_loss):
+    """Old/ref log-probs and ppo_update (plain SGD, no clipping of the norm) with one packing; the
+    parameter change of every tensor."""
+    model = copy.deepcopy(model)
+    ref_model = perturbed(model, 0.03, 2)
+    gen = torch.Generator().manual_seed(11)
+    tree = packing_kind == "tree"
+    plan = plan_minibatches(batch, epochs, 2, 5, gen, pack_tokens=budget if tree else None)
+    forward = forward_packed if tree else forward_leaves
+    first = [m for mb in plan[0] for m in mb]
+    old, ref = (leaf_logprobs(m, batch, first, TEMP, forward) for m in (model, ref_model))
+    before = [p.detach().clone() for p in model.parameters()]
+    ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.02), batch, plan, old, adv, loss_fn, cfg,
+               temperature=TEMP, max_response_len=HORIZON, grad_clip=1e9, ref_logp=ref, forward=forward)
+    return [p.detach() - b for p, b in zip(model.parameters(), before)]
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_ppo_update_tree_equals_flat(real_model, mode):
+    """Two epochs, mini-batches of 2 prompts, flat micro-batches of 5 leaves vs packs of 40 tokens."""
+    _, seqs = sampler_seqs(real_model, SAMPLERS["tree"], prompts=("12+7=", "3*4-5=", "9-1="))
+    batch = as_batch(seqs)
+    g = torch.Generator().manual_seed(4)
+    adv = [torch.randn(len(r), generator=g) for r in batch.responses]
+    cfg = dataclasses.replace(LOSS, loss_agg_mode=mode)
+    model = copy.deepcopy(real_model[0]).double()
+    flat, tree = (run_update(model, batch, adv, cfg, kind, 40) for kind in ("flat", "tree"))
+    assert max(rel(t, f) for t, f in zip(tree, flat)) < 1e-6
+
+
+def test_first_packed_minibatch_has_ratio_exactly_one(real_model):
+    _, seqs = sampler_seqs(real_model, SAMPLERS["partial_copies"])
+    batch = as_batch(seqs)
+    seen = []
+
+    def recording(logp, old, adv, mask, cfg, **kw):
+        seen.append(((logp - old) * mask).abs().max().item())
+        return ppo_loss(logp, old, adv, mask, cfg, **kw)
+
+    run_update(real_model[0], batch, [torch.ones(len(r)) for r in batch.responses], LOSS, "tree", 40,
+               epochs=1, loss_fn=recording)
+    assert len(seen) > 1 and seen[0] == 0.0  # the same packs as the old log-probs: bit-identical
+
+
+def test_packing_knob_is_checked():
+    from treepo_lab.registry import ConfigError
+    from treepo_lab.train.config import TrainerConfig
+
+    with pytest.raises(ConfigError, match="trainer.packing"):
+        TrainerConfig(packing="dense").validate()
+    with pytest.raises(ConfigError, match="trainer.pack_tokens"):
+        TrainerConfig(pack_tokens=0).validate()
+    TrainerConfig().validate()
+    assert TrainerConfig().packing == "tree"

@@ -103,12 +103,6 @@ def _context(seqs, j: int) -> list[int]:
     return list(p) + list(r)[:-1]
 
 
-def plan_packs(seqs: list[tuple[list[int], list[int]]], budget: int | None = None) -> list[Pack]:
-    """All of `seqs` in packs of at most `budget` trie tokens (None: one pack); `Pack.leaves` maps rows
-    back to `seqs`."""
-    return [build_pack(seqs, rows) for rows in split_packs(seqs, list(range(len(seqs))), budget)]
-
-
 def build_pack(seqs: list[tuple[list[int], list[int]]], rows: list[int]) -> Pack:
     """One pack of the sequences `rows` (its output rows in that order): their trie in preorder, and
     each row's gather indices."""
@@ -207,28 +201,9 @@ def pack_forward(model, pack: Pack, temperature: float = 1.0, with_entropy: bool
     return logp, ent
 
 
-def leaf_logprobs(model, packs: list[Pack], n_leaves: int, temperature: float = 1.0) -> list[torch.Tensor]:
-    """Response log-probs of every leaf (one vector each, in `seqs` order) from the packed forwards."""
-    out: list[torch.Tensor | None] = [None] * n_leaves
-    for pack in packs:
-        logp, _ = pack_forward(model, pack, temperature)
-        for row, leaf in enumerate(pack.leaves):
-            out[leaf] = logp[row][pack.response_mask[row]]
-    return out
-
-
-def stack_rows(values: list[torch.Tensor], rows: list[int], response_mask: torch.Tensor) -> torch.Tensor:
-    """Per-leaf vectors (e.g. old log-probs, advantages) of `rows`, in the [rows, R] layout of a pack."""
-    dtype = torch.float64 if any(values[leaf].dtype == torch.float64 for leaf in rows) else torch.float32
-    out = torch.zeros(response_mask.shape, dtype=dtype, device=response_mask.device)
-    for r, leaf in enumerate(rows):
-        out[r, response_mask[r]] = values[leaf].to(out.device, dtype)
-    return out
-
-
-def pack_stats(packs: list[Pack], seqs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-    """Tokens the packed forwards process against the flat per-leaf forwards of the same leaves."""
-    tree = sum(p.n_tokens for p in packs)
-    flat = sum(len(p) + len(r) for p, r in seqs)
-    return {"packing/forwarded_tokens": float(tree), "packing/flat_tokens": float(flat),
-            "packing/forwarded_ratio": tree / max(flat, 1), "packing/packs": float(len(packs))}
+def forward_packed(model, batch, rows: list[int], temperature: float, with_entropy: bool = False):
+    """`update.forward_leaves`' contract, tree-packed: log-probs, entropies (or None) and the response
+    mask of leaves `rows` of `batch` (prompts, responses), one pack, rows in the given order, [n, R]."""
+    pack = build_pack(list(zip(batch.prompts, batch.responses)), rows)
+    logp, ent = pack_forward(model, pack, temperature, with_entropy)
+    return logp, ent, pack.response_mask
