@@ -32,7 +32,7 @@ from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.seeding import torch_seeded
 from treepo_lab.tasks.arith import ArithTask, Chain
 from treepo_lab.tasks.base import Problem, Task
-from treepo_lab.tasks.config import build_task
+from treepo_lab.tasks.build import build_task
 
 MARKER = "warmstart.json"  # written last: its presence means the entry is complete
 FORMAT_VERSION = 1  # bump when the demonstrations, the tokenizer or the training recipe change meaning

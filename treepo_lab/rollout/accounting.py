@@ -8,9 +8,9 @@ tree shape:
                                         prefilled once and shared by its w independent responses, so
                                         only the sharing of response segments counts as the tree's.
 Over several generation rounds of one step (DAPO dynamic sampling) every metric is computed from
-the rounds' summed counts and all their trees (`merge_stats`), never from one round. Every key is a legal MLflow key (letters, digits, _ - . / and
-space); verl/TreePO names are kept where they exist (timing_s/gen, tree/depth-k_ratio,
-train/prompt_fallback_ratio).
+the rounds' summed counts and all their trees (`merge_stats`), never from one round.
+Every key is a legal MLflow key (letters, digits, _ - . / and space); verl/TreePO names are kept
+where they exist (timing_s/gen, tree/depth-k_ratio, train/prompt_fallback_ratio).
 """
 from __future__ import annotations
 

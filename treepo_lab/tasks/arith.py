@@ -134,6 +134,11 @@ class ArithTask:
     def held_out(self) -> list[Problem]:
         return list(self._held_out)
 
+    def all_problems(self) -> list[Problem]:
+        """The held-out split and the longest prompt the task can draw (for the preflight's checks)."""
+        longest = Chain((self.operand_max,) * (self.steps + 1), ("+",) * self.steps)
+        return [*self._held_out, self.problem(longest)]
+
     def score(self, response: str, problem: Problem) -> Score:
         return score_with(self.check, response, problem, self.reward_scale)
 

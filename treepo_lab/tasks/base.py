@@ -74,3 +74,7 @@ class Task(Protocol):
     def held_out(self) -> list[Problem]:
         """The fixed evaluation split (same problems on every call, in every process)."""
         ...
+
+    def all_problems(self) -> list[Problem]:
+        """Every problem (file tasks), or the held-out split and the longest ones (generated tasks)."""
+        ...

@@ -90,14 +90,3 @@ class TaskConfig:
             if self.held_out_path is None and not 0 < self.held_out_fraction < 1:
                 raise ConfigError("task.held_out_fraction", self.held_out_fraction, "a number in (0, 1)")
         self.check.validate()
-
-
-
-def __getattr__(name: str):
-    # Transitional (issue 13): build_task moved to treepo_lab.tasks.build; callers still importing it from
-    # here (train/trainer.py, cli.py, models/warmstart.py) are switched over, then this goes.
-    if name == "build_task":
-        from treepo_lab.tasks.build import build_task
-
-        return build_task
-    raise AttributeError(name)

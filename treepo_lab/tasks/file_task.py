@@ -164,8 +164,8 @@ class FileTask:
             held = [problems[i] for i in sorted(order[:n_held])]
             self._train = [problems[i] for i in sorted(order[n_held:])]
         # held_out_size caps what is evaluated; the rest of the split is still never trained on.
-        self._held_out = held[:held_out_size]
-        self.warnings = self._check_warnings(problems + held)
+        self._held, self._held_out = held, held[:held_out_size]
+        self.warnings = self._check_warnings(self.all_problems())
 
     def _check_warnings(self, problems: list[Problem]) -> list[str]:
         hashed = [p for p in problems if "####" in p.answer]
@@ -190,6 +190,10 @@ class FileTask:
 
     def held_out(self) -> list[Problem]:
         return list(self._held_out)
+
+    def all_problems(self) -> list[Problem]:
+        """Every row, training and held out (for the preflight's checks)."""
+        return [*self._train, *self._held]
 
     def score(self, response: str, problem: Problem) -> Score:
         return score_with(self.check, response, problem, self.reward_scale)

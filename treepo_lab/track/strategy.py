@@ -1,10 +1,13 @@
 """The branching strategy of a run, as MLflow tags: a short label for "Group by" and the long form.
 
-`treepo.strategy` is short enough for the UI's group label: the base algorithm, then only what
-differs from TreePO's reference setting (tree sampler, b=2 from the first step, 8 segments of 16
-tokens, fixed_avg branching, fixed-divergence budget, random segment-aligned fallback, subgroup
-advantages averaged over levels). The reference itself is `treepo`; `grpo` is the sequential GRPO
-baseline; e.g. `treepo 4x32 size` is the 4x32 segment ablation with subgroup-size weighting.
+`treepo.strategy` is short enough for the UI's group label, which shows about 10 characters: only
+what differs from TreePO's reference setting (tree sampler, TreePO advantage averaged over levels,
+b=2 from the first step, 8 segments of 16 tokens, fixed_avg branching, fixed-divergence budget,
+random segment-aligned fallback), the most telling part first so a cut label still tells runs
+apart. The reference itself is `treepo`; `grpo` is the sequential GRPO baseline, `grpo tree` GRPO
+on tree rollouts; e.g. `4x32 size` is the 4x32 segment ablation with subgroup-size weighting,
+`init2-8` TreePO with random initial divergence b0 in [2, 8], `lowp T2 init2-8` low-probability
+encouraged branching at temperature 2 (paper Fig. 8).
 
 The long form is one tag per dimension (`treepo.strategy.<dimension>`) plus `treepo.strategy.long`
 joining them, so a sweep can also group by a single dimension (e.g. `treepo.strategy.shape`).
@@ -26,7 +29,7 @@ DIV_POLICY_CODES = {
     "norm_inv_logprob_weighted_div": "nilp",
     "node_logprob_weighted_div": "lowp",  # paper Fig. 8 "Low Prob Encourage"
     "inverse_node_logprob_weighted_div": "highp",  # "High Prob Encourage"
-    "entropy_weighted_div": "ent",
+    "entropy_weighted_div": "entropy",
 }
 FALLBACK_CUT_CODES = {"random": "", "no_fallback": "nofb", "min_logprob_token": "fb-minlp", "block": "fb-block",
                       "inverse_block": "fb-invblock", "from_start": "fb-start"}
@@ -125,10 +128,8 @@ def strategy_tags(cfg: Mapping) -> dict[str, str]:
     """`treepo.strategy` (short), `treepo.strategy.long` and one `treepo.strategy.<dimension>` tag each."""
     s, a = cfg.get("sampler") or {}, cfg.get("advantage") or {}
     kind, est = s.get("kind", "tree"), a.get("estimator", "treepo")
-    if kind == "tree":
-        base = TREE_NATIVE.get(est, f"{est}/tree")
-    else:
-        base = est
+    # the algorithm is named unless it is TreePO itself (then the label is only what differs)
+    base = est if kind != "tree" else ("" if est == "treepo" else TREE_NATIVE.get(est, f"{est} tree"))
     dims = {"sampler": (kind, kind), "advantage": _advantage(a)}
     if kind == "tree":  # the sequential baseline has no divergence, shape or fallback to name
         shape = (s.get("max_depth"), s.get("segment_len"))
@@ -140,8 +141,9 @@ def strategy_tags(cfg: Mapping) -> dict[str, str]:
             "budget": _budget(s),
             "fallback": _fallback(s),
         })
-    order = ("init_div", "shape", "branching", "budget", "fallback", "advantage")
-    short = " ".join([base] + [dims[d][0] for d in order if d in dims and dims[d][0]])
+    # most telling first: the UI cuts the label after about 10 characters
+    order = ("branching", "shape", "fallback", "advantage", "budget", "init_div")
+    short = " ".join(p for p in [base] + [dims[d][0] for d in order if d in dims] if p) or "treepo"
     tags = {"treepo.strategy": short}
     tags.update({f"treepo.strategy.{d}": long for d, (_, long) in dims.items()})
     tags["treepo.strategy.long"] = "; ".join(f"{d}: {long}" for d, (_, long) in dims.items())

@@ -43,6 +43,8 @@ def server_env() -> dict[str, str]:
 
 def port_free(port: int) -> bool:
     with socket.socket() as s:
+        # as uvicorn binds: connections of a server stopped a moment ago (TIME_WAIT) do not block the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:

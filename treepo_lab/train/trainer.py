@@ -32,7 +32,7 @@ from treepo_lab.rollout.accounting import CumulativeCompute
 from treepo_lab.rollout.sampler import RolloutResult, build_sampler
 from treepo_lab.rollout.tree import Tree
 from treepo_lab.seeding import derive_seed, seed_everything
-from treepo_lab.tasks.config import build_task
+from treepo_lab.tasks.build import build_task
 from treepo_lab.track.null import NULL_TRACKER
 from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train.evaluate import evaluate
