@@ -126,26 +126,12 @@ def load(args):
     return model, tok, [tok(t)["input_ids"] for t in load_prompts(args, tok)]
 
 
-def flat_forward(model, seqs, rows, temperature, with_entropy=False):
-    """The flat per-leaf forward: right-padded rows, [n, L-1] layout."""
-    from treepo_lab.train.policy import pack, token_logprobs
-
-    b = pack([seqs[j] for j in rows], 0, next(model.parameters()).device)
-    lp, ent = token_logprobs(model, b["input_ids"], b["attention_mask"], temperature, with_entropy)
-    return lp, ent, b["response_mask"]
-
-
-def tree_forward(model, seqs, rows, temperature, with_entropy=False):
-    """The tree-packed forward of the same rows: one pack, [n, R] layout."""
-    from treepo_lab.train.packing import build_pack, pack_forward
-
-    pk = build_pack(seqs, rows)
-    lp, ent = pack_forward(model, pk, temperature, with_entropy)
-    return lp, ent, pk.response_mask
-
-
 class Workload:
-    """Sampled leaves of one row, their advantages, and the model state every update starts from."""
+    """Sampled leaves of one row, their advantages, and the model state every update starts from.
+
+    `update(side)` is the trainer's update (train/update.py) with trainer.packing = side: the plan of
+    mini-batches and micro-batches (flat: `micro` leaves; tree: packs of `budget` trie tokens), old
+    (and reference) log-probs over the first epoch's micro-batches, then `ppo_update` with AdamW."""
 
     def __init__(self, args, model, tok, prompts, kind, d, l):
         import torch
@@ -155,6 +141,7 @@ class Workload:
         from treepo_lab.rollout.config import SamplerConfig
         from treepo_lab.rollout.sampler import build_sampler
         from treepo_lab.train.config import TrainerConfig
+        from treepo_lab.train.update import LeafBatch
 
         self.args, self.model = args, model
         cfg = SamplerConfig(kind=kind, width=args.width, max_depth=d, segment_len=l, branch=args.branch,
@@ -162,94 +149,76 @@ class Workload:
         decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
         res = build_sampler(cfg, build_engine("hf", model, tok), decode, tok.eos_token_id).rollout(prompts)
         self.unique_tree_tokens = res.metrics()["rollout/unique_tree_tokens"]
-        self.seqs = [(t.prompt_ids, t.response_tokens(lf)) for t in res.trees for lf in t.leaves]
+        self.batch = LeafBatch.from_trees(res.trees, tok.pad_token_id)
+        self.seqs = list(zip(self.batch.prompts, self.batch.responses))
         g = torch.Generator().manual_seed(args.seed)
-        self.adv = [torch.full((len(r),), float(torch.randn((), generator=g))) for _, r in self.seqs]
-        tc = TrainerConfig()
-        self.lr, self.grad_clip = tc.lr, tc.grad_clip
-        self.budget = args.budget or getattr(tc, "pack_tokens", 1024)
-        self.micro = args.micro or tc.micro_batch_size
-        self.loss_cfg = LossConfig(kl_coef=args.kl, norm_horizon=d * l)
+        # one advantage per leaf (the update's cost does not depend on the values)
+        self.adv = [torch.full((len(r),), float(torch.randn((), generator=g))) for r in self.batch.responses]
+        self.tc = TrainerConfig(ppo_epochs=args.epochs)
+        self.budget = args.budget or self.tc.pack_tokens
+        self.micro = args.micro or self.tc.micro_batch_size
+        self.max_response_len = d * l
+        self.loss_cfg = LossConfig(kl_coef=args.kl)
         self.state = copy.deepcopy(model.state_dict())
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if args.kl > 0 else None
 
-    def chunks(self, side: str) -> list[list[int]]:
-        from treepo_lab.train.packing import split_packs
+    def plan(self, side: str, epochs: int):
+        import torch
 
-        rows = list(range(len(self.seqs)))
-        if side == "tree":
-            return split_packs(self.seqs, rows, self.budget)
-        return [rows[s: s + self.micro] for s in range(0, len(rows), self.micro)]
+        from treepo_lab.train.update import plan_minibatches
 
-    def forwarded(self, side: str, chunks) -> tuple[int, int]:
-        """(tokens forwarded per pass over every leaf, the same without padding)."""
+        gen = torch.Generator().manual_seed(self.args.seed)
+        n_prompts = max(self.batch.groups) + 1  # mini_batch_prompts null: one mini-batch of every prompt
+        return plan_minibatches(self.batch, epochs, n_prompts, self.micro, gen,
+                                pack_tokens=self.budget if side == "tree" else None)
+
+    def forwarded(self, side: str, micro_batches) -> tuple[int, int]:
+        """(tokens forwarded in one pass over every leaf, the same without padding)."""
         from treepo_lab.train.packing import build_pack
 
         if side == "tree":
-            n = sum(build_pack(self.seqs, c).n_tokens for c in chunks)
+            n = sum(build_pack(self.seqs, m).n_tokens for m in micro_batches)
             return n, n
-        padded = sum(len(c) * max(len(self.seqs[j][0]) + len(self.seqs[j][1]) for j in c) for c in chunks)
+        padded = sum(len(m) * max(len(self.seqs[j][0]) + len(self.seqs[j][1]) for j in m) for m in micro_batches)
         return padded, sum(len(p) + len(r) for p, r in self.seqs)
 
     def update(self, side: str) -> dict:
-        """Old log-probs, then the PPO epochs (one mini-batch of every prompt, as the trainer's defaults)."""
         import torch
 
         from treepo_lab.algo.loss import ppo_loss
-        from treepo_lab.train.policy import place
+        from treepo_lab.train.update import FORWARDS, leaf_logprobs, ppo_update
 
-        model, fwd = self.model, (tree_forward if side == "tree" else flat_forward)
+        model, forward = self.model, FORWARDS[side]
         model.load_state_dict(self.state)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.lr)
-        chunks = self.chunks(side)
-        n, mode = len(self.seqs), self.loss_cfg.loss_agg_mode
-        old, ref = [None] * n, [None] * n
-        with torch.no_grad():
-            for c in chunks:
-                for store, m in ((old, model), (ref, self.ref)):
-                    if m is None:
-                        continue
-                    lp, _, mask = fwd(m, self.seqs, c, 1.0)
-                    for r, j in enumerate(c):
-                        store[j] = lp[r][mask[r]]
-        n_tok = sum(len(r) for _, r in self.seqs)
-        model.train()
-        for _ in range(self.args.epochs):
-            opt.zero_grad(set_to_none=True)
-            for c in chunks:
-                lp, ent, mask = fwd(model, self.seqs, c, 1.0, with_entropy=True)
-                loss, _ = ppo_loss(lp, place([old[j] for j in c], mask), place([self.adv[j] for j in c], mask),
-                                   mask, self.loss_cfg, ref_logp=place([ref[j] for j in c], mask) if self.ref else None,
-                                   entropy=ent)
-                w = mask.sum().item() / n_tok if mode == "token-mean" else len(c) / n
-                (loss * w).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-            opt.step()
+        opt = torch.optim.AdamW(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        plan = self.plan(side, self.tc.ppo_epochs)
+        first = [m for mb in plan[0] for m in mb]
         model.eval()
-        padded, unpadded = self.forwarded(side, chunks)
-        passes = 1 + (self.ref is not None) + self.args.epochs
-        return {"forwarded": padded * passes, "forwarded_unpadded": unpadded * passes, "forwards": len(chunks) * passes}
+        old = leaf_logprobs(model, self.batch, first, 1.0, forward)
+        ref = leaf_logprobs(self.ref, self.batch, first, 1.0, forward) if self.ref is not None else None
+        ppo_update(model, opt, self.batch, plan, old, self.adv, ppo_loss, self.loss_cfg, temperature=1.0,
+                   max_response_len=self.max_response_len, grad_clip=self.tc.grad_clip, ref_logp=ref,
+                   forward=forward)
+        padded, unpadded = self.forwarded(side, first)
+        passes = 1 + (self.ref is not None) + self.tc.ppo_epochs
+        return {"forwarded": padded * passes, "forwarded_unpadded": unpadded * passes,
+                "forwards": len(first) * passes}
 
     def gradient(self, side: str) -> list:
-        """The loss gradient at the starting weights, old log-probs from that side's own forward."""
+        """The mini-batch gradient at the starting weights (SGD with lr 0 leaves them unchanged), old
+        log-probs 0.1 below the current ones: ratios of 1.1, inside the clip range."""
         import torch
 
         from treepo_lab.algo.loss import ppo_loss
-        from treepo_lab.train.policy import place
+        from treepo_lab.train.update import FORWARDS, leaf_logprobs, ppo_update
 
-        model, fwd = self.model, (tree_forward if side == "tree" else flat_forward)
+        model, forward = self.model, FORWARDS[side]
         model.load_state_dict(self.state)
-        n_tok, n = sum(len(r) for _, r in self.seqs), len(self.seqs)
-        model.zero_grad(set_to_none=True)
-        for c in self.chunks(side):
-            with torch.no_grad():
-                lp0, _, mask = fwd(model, self.seqs, c, 1.0)
-            lp, ent, mask = fwd(model, self.seqs, c, 1.0, with_entropy=True)
-            # old = current - 0.1: ratios of 1.1, so the clip (0.2 / 0.28) leaves them alone
-            loss, _ = ppo_loss(lp, (lp0 - 0.1) * mask, place([self.adv[j] for j in c], mask), mask,
-                               self.loss_cfg, entropy=ent)
-            w = mask.sum().item() / n_tok if self.loss_cfg.loss_agg_mode == "token-mean" else len(c) / n
-            (loss * w).backward()
+        plan = self.plan(side, 1)
+        old = [x - 0.1 for x in leaf_logprobs(model, self.batch, plan[0][0], 1.0, forward)]
+        ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.0), self.batch, plan, old, self.adv, ppo_loss,
+                   self.loss_cfg, temperature=1.0, max_response_len=self.max_response_len, grad_clip=1e9,
+                   forward=forward)
         return [p.grad.detach().clone() for p in model.parameters()]
 
     def grad_diff(self) -> float:
