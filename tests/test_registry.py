@@ -125,9 +125,9 @@ def test_shape_sets_depth_and_segment_length_together():
     same = load_config("default", ["sampler.shape=4x32", "sampler.max_depth=4"])  # agreeing keys are fine
     assert same.sampler == cfg.sampler
     keys = load_config("default", ["sampler.max_depth=4", "sampler.segment_len=32"])
-    assert (keys.sampler.max_depth, keys.sampler.segment_len, keys.sampler.shape) == (4, 32, None)
+    assert keys.sampler == cfg.sampler  # the two keys or the shape: the same validated config ("4x32")
     plain = load_config("default")
-    assert (plain.sampler.max_depth, plain.sampler.segment_len) == (8, 16)
+    assert (plain.sampler.max_depth, plain.sampler.segment_len, plain.sampler.shape) == (8, 16, "8x16")
     # a sweep picks the shape on a registry entry that set one: the override replaces it
     assert load_config("seg_8x16", ["sampler.shape=2x64"]).sampler.max_depth == 2
 

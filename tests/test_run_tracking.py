@@ -41,7 +41,7 @@ def test_two_step_run_is_in_mlflow(store, ws_cache):
     assert params["trainer.steps"] == "2"
     assert tags["treepo.experiment"] == "treepo_fixed_init" and tags["treepo.seed"] == "0"
     assert tags["treepo.engine"] == "hf" and "mlflow.source.git.commit" in tags and "treepo.version" in tags
-    assert tags["treepo.strategy"] == "treepo" and tags["treepo.strategy.sampler"] == "tree"
+    assert tags["treepo.strategy"] == "4x8" and tags["treepo.strategy.sampler"] == "tree"  # FAST: 4 segments of 8
     assert run.info.run_name.startswith("treepo_fixed_init-s0-")
     assert "Table 1 row 3" in tags["mlflow.note.content"] and "paper_ref" not in params
     client = MlflowClient(store)

@@ -191,3 +191,12 @@ def test_evaluation_scores_under_the_time_limit(ws_cache):
     assert metrics["eval/reward_timeouts"] == 1 and metrics["eval/reward_errors"] == 1
     assert len(records) == 4 and records[1]["correct"] == [False] and records[2]["correct"] == [False]
     trainer.close()
+
+
+def test_skipped_steps_are_counted_and_said(ws_cache, capsys):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "reward.dynamic_sampling=true",
+                               "reward.max_resample_rounds=2", "eval.n_problems=2"))
+    history = trainer.fit(progress=False)
+    assert trainer.skipped_steps == 1 and history[0]["train/skipped"] == 1.0
+    err = capsys.readouterr().err
+    assert "step 1 skipped" in err and "no step learned anything" in err

@@ -185,3 +185,17 @@ def test_gsm8k_reference_with_boxed_responses(tmp_path):
     assert task.score("so \\boxed{72}", q).correct and not task.score("#### 72", q).correct
     assert task.score("\\boxed{1000}", r).correct
     assert task.warnings == []
+
+
+def test_a_hanging_user_check_is_cut_by_the_reward_time_limit(tmp_path):
+    from treepo_lab.algo.scoring import Scorer
+
+    fn = tmp_path / "slow_check.py"
+    fn.write_text("import time\ndef slow(answer, reference):\n    time.sleep(5)\n    return True\n"
+                  "def boom(answer, reference):\n    raise ValueError('x')\n")
+    task, p = _task(tmp_path, STRINGS, compare="python", function=f"{fn}:slow")
+    with Scorer(task, str, timeout_s=0.2) as scorer:
+        assert scorer.correct("\\boxed{abc}", p["Reverse cba"]) is False and scorer.timeouts == 1
+    task, p = _task(tmp_path, STRINGS, compare="python", function=f"{fn}:boom")
+    with Scorer(task, str, timeout_s=2) as scorer:
+        assert scorer.correct("\\boxed{abc}", p["Reverse cba"]) is False and scorer.errors == 1

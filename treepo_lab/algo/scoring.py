@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
 from treepo_lab.rollout.tree import Tree
 from treepo_lab.tasks.base import Problem, Task
+
+T = TypeVar("T")
 
 
 class Scorer:
@@ -24,16 +27,21 @@ class Scorer:
         self._pool = ThreadPoolExecutor(max_workers=1)
 
     def correct(self, text: str, problem: Problem) -> bool:
-        future = self._pool.submit(self.task.score, text, problem)
+        score = self.call(self.task.score, text, problem, default=None)
+        return bool(score is not None and score.correct)
+
+    def call(self, fn: Callable[..., T], *args, default: T) -> T:
+        """fn(*args) under the time limit; `default` when it raises or runs past it (counted)."""
+        future = self._pool.submit(fn, *args)
         try:
-            return bool(future.result(timeout=self.timeout_s).correct)
+            return future.result(timeout=self.timeout_s)
         except FutureTimeout:
             self.timeouts += 1
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = ThreadPoolExecutor(max_workers=1)
         except Exception:
             self.errors += 1
-        return False
+        return default
 
     def texts(self, tree: Tree) -> list[str]:
         return [self.decode(tree.response_tokens(lf)) for lf in tree.leaves]

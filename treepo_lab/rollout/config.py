@@ -9,7 +9,9 @@ registries in one place, treepo_lab/config.py; `validate` here checks the values
 Tree shape: `shape: "DxL"` sets max_depth=D and segment_len=L as one value (a sweep picks the shape at a
 constant budget d*l). With a shape, max_depth and segment_len may be left null (they follow the
 shape) or set to the same numbers; a different explicit number is an error. Without a shape, null
-means the defaults d=8, l=16. `validate` returns the config with both numbers filled in.
+means the defaults d=8, l=16. `validate` returns the config with both numbers filled in and the shape
+written as "DxL" for them, so every validated config (and every logged run) names its shape the same
+way, however it was set.
 """
 from __future__ import annotations
 
@@ -148,7 +150,7 @@ def resolve_shape(cfg: SamplerConfig, prefix: str = "sampler.") -> tuple[int, in
 
 def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
     """Check every value before any compute; raise ConfigError (key, value, what is allowed) on the
-    first bad one. Returns the config with max_depth and segment_len filled in from the shape."""
+    first bad one. Returns the config with max_depth, segment_len and shape ("DxL") resolved."""
 
     def bad(key, value, allowed):
         raise ConfigError(prefix + key, value, allowed)
@@ -168,7 +170,7 @@ def validate(cfg: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
         if v is not None:
             need_int(key, v, 1, "an integer >= 1, or null (from sampler.shape)")
     d, l = resolve_shape(cfg, prefix)
-    cfg = dataclasses.replace(cfg, max_depth=d, segment_len=l)
+    cfg = dataclasses.replace(cfg, shape=f"{d}x{l}", max_depth=d, segment_len=l)
 
     init = cfg.init_div
     if init.kind == "random":

@@ -16,7 +16,7 @@ import numpy as np
 from treepo_lab.algo.scoring import Scorer
 from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
-from treepo_lab.tasks.verify import is_equivalent, last_boxed
+from treepo_lab.tasks.check import AnswerCheck
 from treepo_lab.train.config import EvalConfig
 
 
@@ -33,11 +33,12 @@ def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig
     )
 
 
-def majority_correct(responses: list[str], reference: str) -> bool:
-    votes = Counter(a.strip() for a in (last_boxed(r) for r in responses) if a is not None and a.strip())
+def majority_correct(responses: list[str], reference: str, check: AnswerCheck) -> bool:
+    """maj@k: the most frequent answer the task's check extracts, decided by the same check."""
+    votes = Counter(a.strip() for a in map(check.extract, responses) if a is not None)
     if not votes:
         return False
-    return is_equivalent(votes.most_common(1)[0][0], reference)
+    return check.equal(votes.most_common(1)[0][0], reference)
 
 
 def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -72,7 +73,7 @@ def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, 
             records.append({
                 "id": prob.id, "prompt": prob.prompt, "answer": prob.answer, "responses": texts,
                 "correct": correct, "length": [len(tree.response_tokens(lf)) for lf in tree.leaves],
-                "maj_correct": majority_correct(texts, prob.answer),
+                "maj_correct": scorer.call(majority_correct, texts, prob.answer, scorer.task.check, default=False),
             })
         if progress is not None:
             progress(len(chunk))

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+from filelock import FileLock, Timeout
 
 from treepo_lab.config import ExperimentConfig, to_object, validate
 from treepo_lab.models.tokenizer import build_char_tokenizer
@@ -173,3 +176,82 @@ def check_positions(task: Task, tokenizer, max_positions: int | None, cfg: Exper
                           f"{problems[i].id}) within the model's {max_positions} positions: at most "
                           f"{max(0, (max_positions - longest) // l)} segments of {l} (or a shorter sampler.shape)")
     return longest
+
+
+# ---- resuming: the checkpoint must load before anything is touched -------------------------------------
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be loaded: names the file; nothing was changed."""
+
+    def __init__(self, path: Path, reason: str, earlier: Path | None = None):
+        hint = f"; an earlier checkpoint: treepo-lab resume {earlier}" if earlier else ""
+        ValueError.__init__(self, f"checkpoint file {path} cannot be loaded ({reason}); nothing was changed{hint}")
+        self.key, self.value, self.allowed = "checkpoint", str(path), reason
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unusable (truncated, bad header), or None. Reads the header only: the
+    8-byte header length, the JSON header, and the data size it promises."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"truncated: {size} bytes"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"truncated: the header says {n} bytes, the file has {size}"
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"not a safetensors file ({type(e).__name__}: {e})"
+    if 8 + n + end != size:
+        return f"truncated: {8 + n + end} bytes expected, {size} found"
+    return None
+
+
+def check_checkpoint(ckpt: Path, earlier: Path | None = None) -> dict:
+    """state.json, optim.safetensors, model/config.json and every model/*.safetensors are whole; returns
+    state.json. Raises CheckpointError naming the first bad file."""
+    ckpt = Path(ckpt)
+    state = _read_json(ckpt / "state.json", earlier)
+    _read_json(ckpt / "model" / "config.json", earlier)
+    shards = sorted((ckpt / "model").glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(ckpt / "model", "no *.safetensors weights", earlier)
+    for f in [ckpt / "optim.safetensors", *shards]:
+        if not f.is_file():
+            raise CheckpointError(f, "missing", earlier)
+        problem = safetensors_problem(f)
+        if problem:
+            raise CheckpointError(f, problem, earlier)
+    return state
+
+
+def _read_json(path: Path, earlier: Path | None) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing", earlier) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(path, f"{type(e).__name__}: {e}", earlier) from None
+
+
+# ---- one process per run directory --------------------------------------------------------------------
+
+LOCK_NAME = ".treepo.lock"
+
+
+def lock_run_dir(run_dir: Path) -> FileLock:
+    """Hold run_dir's lock (created if need be) or refuse: two processes writing one run's checkpoints
+    would overwrite each other's."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError("run directory", str(run_dir),
+                          f"a run directory no other process is using: another treepo-lab process holds "
+                          f"{run_dir / LOCK_NAME} (wait for it to end, or choose another tracking.run_name)") from None
+    return lock

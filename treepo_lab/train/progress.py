@@ -70,6 +70,10 @@ class StepProgress:
         self.bar.set_postfix(self.last, refresh=False)
         self.bar.update(1)
 
+    def note(self, line: str) -> None:
+        """A line above the bar (a warning during the run), without breaking it."""
+        self.bar.write(line, file=sys.stderr)
+
     def __enter__(self) -> StepProgress:
         return self
 

@@ -12,6 +12,7 @@ from a checkpoint continues exactly as the uninterrupted run would (CPU, one pro
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ __all__ = ["Trainer", "TrainingDiverged"]
 MEMORY_HINT = ("out of memory during the rollout: lower trainer.prompts_per_step, sampler.width, "
                "sampler.max_depth*sampler.segment_len, or eval.batch_size; for vLLM lower "
                "engine.gpu_memory_utilization or engine.max_model_len")
+
+SKIPPED = "every prompt was all-right or all-wrong in every DAPO round, nothing learned"
 
 # purposes of derive_seed(run seed, step, purpose): one independent stream each
 _PROBLEMS, _ROLLOUT, _EVAL, _MINIBATCH = 1, 100, 7, 999
@@ -104,6 +107,7 @@ class Trainer:
         self.on_eval = on_eval
         self.run_dir = Path(run_dir) if run_dir else None
         self._progress = True
+        self.skipped_steps = 0  # steps with nothing to learn (DAPO kept no prompt in any round)
         self._last_eval_step = -1
         self._last_trees: list[Tree] = []
         self.last_eval_records: list[dict] = []  # per-problem records of the latest evaluation
@@ -124,6 +128,9 @@ class Trainer:
             while self.step < tc.steps and not (tc.max_wall_s > 0 and self.wall_s >= tc.max_wall_s):
                 metrics = self.train_step(self.step)
                 self.step += 1
+                if metrics.get("train/skipped"):
+                    self.skipped_steps += 1
+                    bar.note(f"step {self.step} skipped: {SKIPPED}")
                 self.wall_s = time.perf_counter() - start
                 metrics.update(self.cumulative.add(metrics))
                 metrics["time/wall_s"] = self.wall_s
@@ -139,6 +146,9 @@ class Trainer:
         if self._last_eval_step != self.step:
             self._eval_and_log()
         self.save()
+        if self.skipped_steps and self.skipped_steps == self.step:
+            print(f"warning: no step learned anything ({SKIPPED}); try a task the model can sometimes solve "
+                  "or more reward.max_resample_rounds", file=sys.stderr)
         return self.history
 
     # ---- one training step ---------------------------------------------------------------------------
