@@ -236,6 +236,7 @@ class Tracker:
                 entries.append(Metric(key, value, ts, int(step)))
         for i in range(0, len(entries), METRICS_PER_BATCH):
             self._call(self.client.log_batch, self.run_id, metrics=entries[i:i + METRICS_PER_BATCH])
+        self._logged_up_to.update((m.key, m.step) for m in entries)  # an eval at a training step: no 2nd point
 
     def _last_steps(self) -> dict[str, int]:
         run = self.client.get_run(self.run_id)
