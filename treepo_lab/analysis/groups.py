@@ -1,6 +1,6 @@
 """Runs -> comparison groups (a strategy, a sweep trial, any key), with the incomplete data sorted out:
-failed and killed runs are left out and listed, runs in progress (and pruned trials) are kept and
-marked, a group with one seed is noted.
+failed and killed runs are left out and listed (a pruned sweep trial, KILLED in MLflow, is kept),
+runs in progress and pruned trials are kept and marked, a group with one seed is noted.
 """
 from __future__ import annotations
 
@@ -89,7 +89,9 @@ def group_runs(data: RunSet, keys: list[str] | None = None) -> Grouping:
     for k, c in zip(keys, cols):
         if c is None:
             notes.append(f"group-by key {k!r} is neither a tag nor a param of these runs: all runs share '(none)'")
-    bad = runs["status"].isin(LEFT_OUT)
+    # a pruned trial ends KILLED in MLflow but its curve is data: kept, marked pruned
+    state = runs["tags.treepo.trial_state"] if "tags.treepo.trial_state" in runs.columns else pd.Series("", index=runs.index)
+    bad = runs["status"].isin(LEFT_OUT) & (state != "PRUNED")
     err = runs["tags.treepo.error"] if "tags.treepo.error" in runs.columns else pd.Series("", index=runs.index)
     left_out = pd.DataFrame({"run_id": runs.loc[bad, "run_id"], "run_name": runs.loc[bad, "run_name"],
                              "status": runs.loc[bad, "status"], "error": err[bad].fillna("")}).reset_index(drop=True)

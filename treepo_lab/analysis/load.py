@@ -24,6 +24,7 @@ from mlflow.entities import Run
 
 from treepo_lab.analysis.selection import Selected, select_runs
 from treepo_lab.registry import ConfigError
+from treepo_lab.track.config import TrackingConfig
 
 METRIC_COLUMNS = ["run_id", "key", "step", "value", "timestamp"]
 FETCH_THREADS = 8  # history requests are I/O bound (SQLite reads, HTTP round trips)
@@ -131,9 +132,12 @@ class RunSet:
 
 
 def resolve_uri(tracking_uri: str | None) -> str:
-    import mlflow
-
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    """As training resolves it: the given URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db. A SQLite
+    file that does not exist is an error (MLflow would silently create an empty store)."""
+    uri = TrackingConfig(tracking_uri=tracking_uri).resolved_uri()
+    if uri.startswith("sqlite:///") and ":memory:" not in uri and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError("--tracking-uri", uri, "an existing MLflow store (no such SQLite file)")
+    return uri
 
 
 def load(*, sweep: str | None = None, experiment: str | None = None, filter_string: str | None = None,

@@ -89,10 +89,14 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
                  filter_string: str | None = None, tracking_uri: str | None = None,
                  group_by: list[str] | None = None, baseline: str | None = None,
                  out_dir: str | Path | None = None, name: str | None = None, log_to_parent: bool = True,
-                 cache_dir: str | Path | bool | None = None, progress: bool = False) -> ReportResult:
+                 cache_dir: str | Path | bool | None = None, progress: bool = False,
+                 study=None) -> ReportResult:
     """Build the comparison report of one selection (exactly one of sweep / experiment / runs /
     filter_string). Returns where everything went. Raises ConfigError for a selection or baseline that
-    does not exist; never for incomplete data."""
+    does not exist; never for incomplete data.
+
+    `study`: the sweep's optuna.Study when the caller has it open (the sweep at its end); otherwise it is
+    opened from the parent run's tags treepo.optuna_storage + treepo.study, or skipped with a note."""
     say = (lambda msg: print(f"report: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     t0 = time.perf_counter()
     show = (lambda done, total: say(f"loaded {done}/{total} runs")) if progress else None
@@ -163,8 +167,8 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
         sections.append(_tree_section(data, grouping, fig_dir, cache_dir, written))
     else:
         notes.append("no run to compare: every selected run failed or was killed" if len(data.runs) else "no runs selected")
-    if data.kind == "sweep":
-        sections.append(_optuna_section(data, fig_dir, written))
+    if data.kind == "sweep" or study is not None:
+        sections.append(_optuna_section(data, fig_dir, written, study))
     miss = missing_metrics(data, series, grouping)
     sec = Section("Incomplete data", notes=notes + miss or ["none: every run finished and logged every metric"])
     if len(grouping.left_out):
@@ -212,9 +216,11 @@ def _tree_section(data: RunSet, grouping: Grouping, fig_dir: Path, cache_dir, wr
     return sec
 
 
-def _optuna_section(data: RunSet, fig_dir: Path, written: list[Path]) -> Section:
+def _optuna_section(data: RunSet, fig_dir: Path, written: list[Path], study=None) -> Section:
     sec = Section("Optuna: optimisation history and parameter importances")
-    study, why = optuna_view.open_study(data.parent)
+    why = ""
+    if study is None:
+        study, why = optuna_view.open_study(data.parent)
     if study is None:
         sec.notes.append(f"skipped: {why}")
         return sec

@@ -17,6 +17,7 @@ from treepo_lab.registry import ConfigError
 SWEEP_TAG = "treepo.sweep"  # on the parent and the children of a sweep (issue 10); older runs: treepo.sweep_id
 SWEEP_TAGS = (SWEEP_TAG, "treepo.sweep_id")
 PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "treepo.sweep_role"  # "parent" on a sweep's parent run
 PAGE = 1000
 
 
@@ -55,7 +56,7 @@ def split_parents(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     parents, children = [], []
     for r in runs:
         tags = r.data.tags
-        is_parent = r.info.run_id in parent_ids or (
+        is_parent = r.info.run_id in parent_ids or tags.get(ROLE_TAG) == "parent" or (
             any(t in tags for t in SWEEP_TAGS) and "treepo.trial" not in tags and "treepo.seed" not in tags)
         (parents if is_parent else children).append(r)
     return parents, children
