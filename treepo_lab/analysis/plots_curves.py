@@ -25,7 +25,8 @@ def legend(fig, axes) -> None:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
     if seen:
-        fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=min(4, len(seen)),
+        per_row = 2 if fig.get_size_inches()[0] < 4 else 4  # a single-column figure fits two entries a row
+        fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=min(per_row, len(seen)),
                    handlelength=1.8, columnspacing=1.0)
 
 

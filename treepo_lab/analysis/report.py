@@ -99,7 +99,9 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
     opened from the parent run's tags treepo.optuna_storage + treepo.study, or skipped with a note."""
     say = (lambda msg: print(f"report: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     t0 = time.perf_counter()
-    show = (lambda done, total: say(f"loaded {done}/{total} runs")) if progress else None
+    # a line every tenth of the runs, not one per run
+    show = (lambda done, total: say(f"loaded {done}/{total} runs") if done == total or done % max(1, total // 10) == 0
+            else None) if progress else None
     data = load(sweep=sweep, experiment=experiment, filter_string=filter_string, run_ids=runs,
                 tracking_uri=tracking_uri, cache_dir=cache_dir, progress=show)
     t_load = time.perf_counter() - t0

@@ -96,11 +96,17 @@ def summary(series: Series, grouping: Grouping, baseline: Group | None, objectiv
 
 
 def default_levels(series: Series, grouping: Grouping, key: str = ACCURACY) -> list[float]:
-    """Half, three quarters and nine tenths of the best group's final mean accuracy."""
-    best = max((np.nanmean(per_run(series, g, key, "last")) for g in grouping.groups if g.run_ids), default=np.nan)
+    """Half, three quarters and nine tenths of the way from where the groups start (the highest
+    first evaluation) to the best group's final mean accuracy."""
+    groups = [g for g in grouping.groups if g.run_ids]
+    finals = [np.nanmean(per_run(series, g, key, "last")) for g in groups]
+    firsts = [np.nanmean([series.get(r, key)[1][0] if len(series.get(r, key)[1]) else np.nan for r in g.run_ids])
+              for g in groups]
+    best, start = np.nanmax(finals + [np.nan]), np.nanmax(firsts + [np.nan])
     if not np.isfinite(best) or best <= 0:
         return []
-    return sorted({round(best * f, 3) for f in (0.5, 0.75, 0.9)})
+    start = start if np.isfinite(start) and start < best else 0.0
+    return sorted({round(start + f * (best - start), 3) for f in (0.5, 0.75, 0.9)})
 
 
 def time_to_accuracy(series: Series, grouping: Grouping, levels: list[float]) -> Table:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
+from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 
 from treepo_lab.analysis.style import figure, save
@@ -97,6 +98,7 @@ def tree_figure(tree: dict, title: str, out_stem: Path) -> list[Path]:
     ax.scatter([np.mean(xs) if xs else 0], [0], marker="s", color="0.3", s=12, zorder=2)
     ax.invert_yaxis()
     ax.set_ylabel("depth (segments)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xticks([])
     ax.grid(False)
     ax.set_title(title)
