@@ -4,8 +4,11 @@ progress and missing metrics. The runs are trained once per test session (~1 s e
 """
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -19,7 +22,7 @@ from PIL import Image
 from pypdf import PdfReader
 from test_trainer import FAST
 
-from treepo_lab.analysis import build_report, export, load
+from treepo_lab.analysis import build_report, export, load, recipes
 from treepo_lab.analysis.style import DPI, DOUBLE_COLUMN_IN, SINGLE_COLUMN_IN
 from treepo_lab.config import load_config
 from treepo_lab.registry import ConfigError
@@ -55,9 +58,9 @@ def store(tmp_path_factory, ws_cache):
             _train(uri, ws_cache, "treepo_fixed_init", "incomplete", 1)
     client = MlflowClient(uri)
     src = client.get_run(ok[0])
+    tags = {k: v for k, v in src.data.tags.items() if k.startswith("treepo.") and k != "treepo.seed"}
     running = client.create_run(src.info.experiment_id, run_name="treepo_fixed_init-in-progress-s2",
-                                tags={**{k: v for k, v in src.data.tags.items() if k.startswith("treepo.") and k != "treepo.seed"},
-                                      "treepo.seed": "2"})
+                                tags={**tags, "treepo.seed": "2"})
     for key in src.data.metrics:  # its history so far, without entropy and the throughput metrics
         if key in ("actor/entropy", "rollout/traj_per_s") or key.startswith("tree/finish"):
             continue
@@ -83,7 +86,8 @@ def _sweep(uri, ws, root, client):
         trial = study.ask()
         w = trial.suggest_categorical("sampler.width", [2, 4])
         rid = _train(uri, ws, "treepo_fixed_init", "sw", 0, f"sampler.width={w}",
-                     f"tracking.run_name='t{trial.number} width={w} s0'", sweep_id="sw", trial=trial.number, parent_run_id=parent.info.run_id)
+                     f"tracking.run_name='t{trial.number} width={w} s0'", sweep_id="sw", trial=trial.number,
+                     parent_run_id=parent.info.run_id)
         client.set_tag(rid, "treepo.trial_state", "COMPLETE")
         study.tell(trial, client.get_run(rid).data.metrics["cumulative/rollout/decoded_tokens"])
     return parent.info.run_id
@@ -225,9 +229,6 @@ def test_html_renders_in_headless_chromium(store, tmp_path):
                            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
                            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=90)
-    import json
-    import re
-
     found = re.search(r"<title>CHECK:(\{.*?\})</title>", proc.stdout)
     assert found, proc.stderr[-2000:]
     check = json.loads(found.group(1).replace("&quot;", '"'))
@@ -235,3 +236,46 @@ def test_html_renders_in_headless_chromium(store, tmp_path):
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln]
     assert any("probe-done" in ln for ln in console), "console capture works"
     assert [ln for ln in console if "probe-done" not in ln] == []  # no error or message from the page itself
+
+
+def test_figure_recipes_read_the_store(store, tmp_path):
+    sel = {"tracking_uri": store["uri"], "experiment": "cmp", "cache_dir": tmp_path / "c"}
+    written, notes = recipes.run_recipe("fig1", selection=sel, out_dir=tmp_path / "f")
+    assert [p.name for p in written] == ["fig1_validation_curves.png", "fig1_validation_curves.pdf"]
+    with Image.open(written[0]) as im:
+        assert im.size[0] == round(SINGLE_COLUMN_IN * DPI)
+    assert "no runs of GRPO w/ tree sampling (add --run-missing to train it)" in notes
+    written, _ = recipes.run_recipe("table1", selection=sel, out_dir=tmp_path / "f")
+    md, tex = (p.read_text() for p in written)
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ")[1] for r in md.splitlines()[2:] if r.startswith("|")}
+    assert rows["GRPO"] == "2" and rows["TreePO w/ fixed init divergence"] == "2" and rows["GRPO w/ tree sampling"] == "0"
+    assert all(k in tex for k in (r"\toprule", r"\midrule", r"\bottomrule")) and r"\%" in tex
+
+
+def test_run_missing_trains_what_a_recipe_lacks(store, tmp_path, ws_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "copy.db"
+    shutil.copy(Path(store["uri"][len("sqlite:///"):]), db)  # leave the session's store as it is
+    uri = f"sqlite:///{db}"
+    over = SHORT + [f"warmstart.cache_dir={ws_cache}", "trainer.steps=2"]
+    written, notes = recipes.run_recipe("fig1", selection={"tracking_uri": uri, "cache_dir": False}, run_missing=True,
+                                        seeds=1, overrides=over, out_dir=tmp_path / "f")
+    assert any(n.startswith("trained 1 missing need(s) x 1 seeds") for n in notes), notes
+    assert not any(n.startswith("no runs of") for n in notes)
+    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()],
+                                         "tags.`treepo.experiment` = 'grpo_tree_sampling'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_cli_report_and_export(store, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "treepo_lab.cli", *a, "--tracking-uri", store["uri"]],
+                                    capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = run("report", "--experiment", "cmp", "--out", str(tmp_path / "r"), "--group-by", "treepo.experiment")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "r" / "report.html").is_file() and "groups: grpo, treepo_fixed_init" in proc.stdout
+    proc = run("export", "--experiment", "cmp", "--format", "parquet", "--out", str(tmp_path / "x.parquet"))
+    assert proc.returncode == 0 and len(pd.read_parquet(tmp_path / "x.parquet")) > 100
+    proc = run("report", "--experiment", "nope")
+    assert proc.returncode == 2 and "--experiment='nope' is not allowed" in proc.stderr
+    assert subprocess.run([sys.executable, "-m", "treepo_lab.cli", "figures", "--help"], capture_output=True,
+                          text=True).stdout.count("fig1") >= 1

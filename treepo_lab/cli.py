@@ -22,6 +22,9 @@ commands:
              eval checkpoint=runs/<run>/checkpoints/step-000060 eval.k=16 eval.temperature=1.0
   rollout    sample trees and write them as JSON:  rollout n_prompts=4 out=trees.json sampler.width=8
   resume     continue a run from its latest checkpoint:  resume <MLflow run id | run dir | checkpoint dir>
+  report     comparison report (Markdown, HTML, PNG + PDF):  report --sweep NAME | --experiment NAME | --runs ID ...
+  export     metric histories in long format:  export --experiment NAME --format csv|parquet [--out FILE]
+  figures    paper-style figures and tables:  figures fig1 [--sweep NAME | --runs ID ...] [--run-missing]
 
 Overrides use Hydra's grammar (sampler.width=8, model.path=Qwen/Qwen2.5-0.5B, ~key, +key=value).
 Runs log to MLflow (default sqlite:///mlflow.db here; see README); checkpoints go to runs/<run name>/."""
@@ -219,10 +222,21 @@ HINTS = {
     "resume": "treepo-lab resume <MLflow run id | runs/<run> | runs/<run>/checkpoints/step-NNNNNN>",
     "eval": "checkpoint= takes a checkpoint dir, a run dir or an MLflow run id; model.path= any HF model dir",
     "rollout": "treepo-lab rollout n_prompts=4 out=trees.json [model.path=<HF dir>] [sampler.key=value ...]",
+    **{c: f"treepo-lab {c} --help; --tracking-uri names the store (default ./mlflow.db)"
+       for c in ("report", "export", "figures")},
 }
 
+def _analysis(name):
+    def run(args):  # argparse-based: --help works, bad options exit 2 with argparse's message
+        from treepo_lab.analysis.commands import COMMANDS as ANALYSIS
+
+        ANALYSIS[name](args)
+    return run
+
+
 COMMANDS = {"demo": cmd_demo, "list": cmd_list, "show": cmd_show, "train": cmd_train, "warmstart": cmd_warmstart,
-            "eval": cmd_eval, "rollout": cmd_rollout, "resume": cmd_resume}
+            "eval": cmd_eval, "rollout": cmd_rollout, "resume": cmd_resume,
+            **{name: _analysis(name) for name in ("report", "export", "figures")}}
 
 
 def main(argv: list[str] | None = None) -> int:

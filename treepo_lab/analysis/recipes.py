@@ -109,7 +109,7 @@ def group_needs(data: RunSet, needs: list[Need]) -> tuple[Grouping, list[Need]]:
     styles_used = [n.style or n.experiment for n in needs]
     groups, missing, notes = [], [], []
     for n, style in zip(needs, styles_used):
-        rows = runs[runs.apply(lambda r: n.matches(r, exp_col), axis=1)] if not runs.empty else runs
+        rows = runs[[n.matches(r, exp_col) for _, r in runs.iterrows()]] if not runs.empty else runs
         failed = rows[rows["status"].isin(LEFT_OUT)] if not rows.empty else rows
         rows = rows[~rows["status"].isin(LEFT_OUT)] if not rows.empty else rows
         if len(failed):
@@ -159,11 +159,11 @@ def run_recipe(name: str, selection: dict, run_missing: bool = False, seeds: int
     notes = list(grouping.notes)
     if missing and run_missing:
         how = launch(missing, seeds, list(overrides or []), selection["tracking_uri"])
-        notes.append(f"trained {len(missing)} missing need(s) x {seeds} seeds with {how}")
+        trained = f"trained {len(missing)} missing need(s) x {seeds} seeds with {how}"
         plain = {k: v for k, v in selection.items() if k in ("tracking_uri", "cache_dir")}
         data = merge([data, gather(missing, plain, name)], name) if len(data.runs) else gather(needs, plain, name)
         grouping, missing = group_needs(data, needs)
-        notes = list(grouping.notes)
+        notes = [trained, *grouping.notes]
     for n in missing:
         notes.append(f"no runs of {n.name}" + ("" if run_missing else " (add --run-missing to train it)"))
     out = out_dir or Path("reports") / "figures"

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from mlflow import MlflowClient
 
 from treepo_lab.analysis import optuna_view, plots_curves, plots_rollout, tables, trees
