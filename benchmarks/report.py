@@ -26,7 +26,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from treepo_lab.analysis import build_report
+from treepo_lab.analysis.report import build_report
 from treepo_lab.config import load_config
 from treepo_lab.train.run import run_experiment
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from treepo_lab.analysis import build_report
+from treepo_lab.analysis.report import build_report
 from treepo_lab.config import load_config
 from treepo_lab.train.run import run_experiment
 

@@ -1,10 +1,9 @@
-"""MLflow runs -> tidy frames, comparison reports and paper-style figures.
+"""Reading runs back and drawing them: figures, tables and tree drawings (`tree_drawing`).
 
-    from treepo_lab.analysis import load, build_report
-    data = load(experiment="example")                  # RunSet: .runs, .metrics, .tidy()
-    result = build_report(sweep="demo")                # reports/demo/report.md + report.html + figures/
+    from treepo_lab.analysis.load import load               # MLflow runs -> tidy pandas frames (cached per run)
+    from treepo_lab.analysis.report import build_report     # reports/<name>/report.md + report.html + figures/
+
+Nothing is imported here on purpose: the tracker imports `tree_drawing` at every run start, and that
+must not pull in pandas and matplotlib. Modules: load, selection, groups, series, stats, style,
+plots_curves, plots_rollout, tables, trees, optuna_view, page, report, recipes, commands.
 """
-from treepo_lab.analysis.load import RunSet, export, load
-from treepo_lab.analysis.report import ReportResult, build_report
-
-__all__ = ["RunSet", "ReportResult", "build_report", "export", "load"]

@@ -21,7 +21,7 @@ from treepo_lab.analysis.load import RunSet, default_cache_dir, load
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.series import ACCURACY, DECODED, WALL, Series
 from treepo_lab.analysis.style import StrategyStyles
-from treepo_lab.analysis.tree_svg_fallback import tree_svg
+from treepo_lab.analysis.tree_drawing import tree_svg
 from treepo_lab.registry import ConfigError
 
 # metrics a section needs: a run without one is listed under "missing metrics"
@@ -194,8 +194,9 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
 
 def _tree_section(data: RunSet, grouping: Grouping, fig_dir: Path, cache_dir, written: list[Path]) -> Section:
     sec = Section("One sampled tree per group", ["Nodes coloured by the mean reward of the leaves below them "
-                                                 "(cividis: dark = 0, yellow = 1); hover a node in report.html "
-                                                 "for its segment text."])
+                                                 "(PNG/PDF: cividis, dark = 0, yellow = 1; the drawings in "
+                                                 "report.html: the tracker's red-to-green scale, segment text on "
+                                                 "hover)."])
     client = MlflowClient(data.tracking_uri)
     base = Path(cache_dir) if cache_dir not in (None, False, True) else default_cache_dir()
     tree_dir = fig_dir.parent / "trees"

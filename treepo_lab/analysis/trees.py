@@ -43,12 +43,24 @@ def fetch_tree(client: MlflowClient, run_id: str, cache_dir: Path) -> tuple[dict
     return (trees[0], files[-1]) if trees else None
 
 
+def normalise(tree: dict) -> tuple[dict[int, dict], list[dict]]:
+    """Nodes by id ({parent, depth, text}) and leaves ({path, reward}) from the compact tree form the
+    tracker logs (id/parent/path) or the full `Tree.to_dict()` form (node_id/parent_id/node_path)."""
+    nodes = {}
+    for n in tree.get("nodes", []):
+        nid = n["id"] if "id" in n else n["node_id"]
+        nodes[nid] = {"parent": n.get("parent", n.get("parent_id")), "depth": n["depth"], "text": n.get("text", "")}
+    leaves = [{"path": list(lf.get("path", lf.get("node_path", []))), "reward": lf.get("reward")}
+              for lf in tree.get("leaves", [])]
+    return nodes, leaves
+
+
 def node_rewards(tree: dict) -> dict[int, float]:
     """Mean reward of the leaves below each node (NaN where no leaf carries a reward)."""
     below: dict[int, list[float]] = {}
-    for leaf in tree.get("leaves", []):
-        r = leaf.get("reward")
-        for nid in leaf.get("node_path", []):
+    for leaf in normalise(tree)[1]:
+        r = leaf["reward"]
+        for nid in leaf["path"]:
             below.setdefault(nid, [])
             if r is not None:
                 below[nid].append(float(r))
@@ -57,11 +69,11 @@ def node_rewards(tree: dict) -> dict[int, float]:
 
 def layout(tree: dict) -> dict[int, tuple[float, int]]:
     """node id -> (x, depth): leaves of the drawing at consecutive x, a parent centred over its children."""
-    nodes = {n["node_id"]: n for n in tree.get("nodes", [])}
+    nodes = normalise(tree)[0]
     children: dict[int | None, list[int]] = {}
-    for n in nodes.values():
-        parent = n["parent_id"] if n["parent_id"] in nodes else None
-        children.setdefault(parent, []).append(n["node_id"])
+    for nid, n in nodes.items():
+        parent = n["parent"] if n["parent"] in nodes else None
+        children.setdefault(parent, []).append(nid)
     pos: dict[int, tuple[float, int]] = {}
     next_x = [0.0]
 
@@ -82,12 +94,12 @@ def layout(tree: dict) -> dict[int, tuple[float, int]]:
 
 def tree_figure(tree: dict, title: str, out_stem: Path) -> list[Path]:
     pos, rewards = layout(tree), node_rewards(tree)
-    nodes = {n["node_id"]: n for n in tree.get("nodes", [])}
+    nodes = normalise(tree)[0]
     fig, axes = figure(1, 2.4)
     ax = axes[0, 0]
     cmap = colormaps[CMAP]
     for nid, (x, d) in pos.items():
-        parent = nodes[nid]["parent_id"]
+        parent = nodes[nid]["parent"]
         px, pd_ = pos.get(parent, (x, 0)) if parent is not None else (np.mean([p[0] for p in pos.values()]), 0)
         ax.plot([px, x], [pd_, d], color="0.6", linewidth=0.5, zorder=1, marker="")
     xs = [p[0] for p in pos.values()]
