@@ -23,7 +23,7 @@ from pypdf import PdfReader
 from test_trainer import FAST
 
 from treepo_lab.analysis import recipes
-from treepo_lab.analysis.load import export, load
+from treepo_lab.analysis import export, load
 from treepo_lab.analysis.report import build_report
 from treepo_lab.analysis.style import DPI, DOUBLE_COLUMN_IN, SINGLE_COLUMN_IN
 from treepo_lab.config import load_config

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from treepo_lab.analysis import recipes
-from treepo_lab.analysis.load import export, load
+from treepo_lab.analysis.runset import export, load
 from treepo_lab.analysis.report import build_report
 
 

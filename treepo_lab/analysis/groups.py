@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from treepo_lab.analysis.load import RunSet
+from treepo_lab.analysis.runset import RunSet
 
 LEFT_OUT = ("FAILED", "KILLED")
 IN_PROGRESS = ("RUNNING", "SCHEDULED")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from treepo_lab.analysis import stats
 from treepo_lab.analysis.groups import LEFT_OUT, Group, Grouping, column
-from treepo_lab.analysis.load import RunSet, load, resolve_uri
+from treepo_lab.analysis.runset import RunSet, load, resolve_uri
 from treepo_lab.analysis.plots_curves import _label, draw_band, legend, no_data
 from treepo_lab.analysis.series import Series
 from treepo_lab.analysis.style import StrategyStyles, figure, save

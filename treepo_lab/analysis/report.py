@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from treepo_lab.analysis import optuna_view, plots_curves, plots_rollout, tables, trees
 from treepo_lab.analysis.groups import Group, Grouping, group_runs
-from treepo_lab.analysis.load import RunSet, default_cache_dir, load
+from treepo_lab.analysis.runset import RunSet, default_cache_dir, load
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.series import ACCURACY, DECODED, WALL, Series
 from treepo_lab.analysis.style import StrategyStyles
@@ -40,6 +40,9 @@ class ReportResult:
     left_out: list[str]  # names of failed / killed runs
     parent_run_id: str | None = None  # where the report was logged, if anywhere
     seconds: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:  # what a caller prints: the page to open
+        return str(self.html)
 
 
 def safe_name(name: str) -> str:

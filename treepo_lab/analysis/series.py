@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from treepo_lab.analysis.groups import Group
-from treepo_lab.analysis.load import RunSet
+from treepo_lab.analysis.runset import RunSet
 
 ACCURACY = "eval/accuracy"
 DECODED = "cumulative/rollout/decoded_tokens"
