@@ -24,6 +24,7 @@ from test_trainer import FAST
 
 from treepo_lab.analysis import recipes
 from treepo_lab.analysis import export, load
+from treepo_lab.analysis.groups import group_runs
 from treepo_lab.analysis.report import build_report
 from treepo_lab.analysis.style import DPI, DOUBLE_COLUMN_IN, SINGLE_COLUMN_IN
 from treepo_lab.config import load_config
@@ -281,3 +282,11 @@ def test_cli_report_and_export(store, tmp_path):
     assert proc.returncode == 2 and "--experiment='nope' is not allowed" in proc.stderr
     assert subprocess.run([sys.executable, "-m", "treepo_lab.cli", "figures", "--help"], capture_output=True,
                           text=True).stdout.count("fig1") >= 1
+
+
+def test_default_groups_follow_the_strategy_tag_and_keep_experiment_colours(store):
+    data = load(experiment="cmp", tracking_uri=store["uri"], cache_dir=False)
+    grouping = group_runs(data)
+    assert grouping.keys == ["treepo.strategy"] and [g.n for g in grouping.groups] == [2, 2]
+    assert {g.style_key for g in grouping.groups} == {"grpo", "treepo_fixed_init"}  # registry colours
+    assert [g.sequential for g in grouping.groups].count(True) == 1
