@@ -24,6 +24,7 @@ from treepo_lab.registry import Registry
 from treepo_lab.rollout import divergence, fallback, stopping
 from treepo_lab.rollout.config import SamplerConfig, validate
 from treepo_lab.rollout.tree import FinishReason, Leaf, Node, Tree
+from treepo_lab.seeding import derive_seed
 
 # name -> sampler class (`sampler.kind`, `eval.sampler`)
 SAMPLERS: Registry = Registry("sampler")
@@ -151,7 +152,7 @@ class TreeSampler:
         ]
         stats.requests_per_step.append(len(requests))
         # one seed per step, independent of how many random draws the policies made before
-        step_seed = int(np.random.SeedSequence([self._seed, stats.steps]).generate_state(1)[0])
+        step_seed = derive_seed(self._seed, stats.steps)
         outs = self.engine.generate(requests, cfg.segment_len, self.sampling, step_seed)
 
         active: dict[int, list[_Path]] = defaultdict(list)

@@ -6,6 +6,7 @@ model is built, so a bad server fails fast and a crash anywhere after it marks t
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from treepo_lab.config import ExperimentConfig, to_object, validate
 from treepo_lab.models.load import resolve_device
 from treepo_lab.track.mlflow_tracker import Tracker
 from treepo_lab.train import checkpoint as ckpt
+from treepo_lab.train.preflight import preflight
 from treepo_lab.train.trainer import Trainer
 
 RUN_DIR_TAG = "treepo.run_dir"
@@ -26,6 +28,8 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
     """`on_eval(step, metrics)` runs after every held-out evaluation (see Trainer); what it raises
     propagates, after the trainer is closed and the run is marked by the tracker."""
     cfg: ExperimentConfig = validate(to_object(cfg))
+    for warning in preflight(cfg).warnings:  # every check that can fail before a run or folder exists
+        print(f"warning: {warning}", file=sys.stderr)
     device = str(resolve_device(cfg.model.device))
     tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.tracking, cfg.name, cfg.seed,
                             cfg.engine.name, device, sweep_id=sweep_id, trial=trial, parent_run_id=parent_run_id,
