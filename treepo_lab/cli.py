@@ -288,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C: where the run stands, how to go on, no traceback
         print(interrupted_line(stop), file=sys.stderr)
         return 130
+    except SystemExit as stop:  # argparse of report/export/figures: --help (0) or a bad option (2, message printed)
+        if name not in OWN_HELP:
+            raise
+        return stop.code if isinstance(stop.code, int) else 0
     except Exception as err:  # user mistakes: one line + hint; anything else is a bug: traceback
         line = user_error_line(err)
         if line is None:
