@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -26,6 +25,7 @@ from treepo_lab.analysis import recipes
 from treepo_lab.analysis import export, load
 from treepo_lab.analysis.groups import group_runs
 from treepo_lab.analysis.report import build_report
+from treepo_lab.cli import main
 from treepo_lab.analysis.style import DPI, DOUBLE_COLUMN_IN, SINGLE_COLUMN_IN
 from treepo_lab.config import load_config
 from treepo_lab.registry import ConfigError
@@ -122,9 +122,16 @@ def _table(md: str, heading: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[2:]]
 
 
-def test_report_of_two_strategies(store, tmp_path):
-    res = build_report(experiment="cmp", tracking_uri=store["uri"], out_dir=tmp_path / "r", cache_dir=tmp_path / "c",
-                       group_by=["treepo.experiment"])
+@pytest.fixture(scope="module")
+def cmp_report(store, tmp_path_factory):
+    """The report of the 2 x 2 comparison, built once for the checks of its files and of its page."""
+    root = tmp_path_factory.mktemp("cmp_report")
+    return build_report(experiment="cmp", tracking_uri=store["uri"], out_dir=root / "r", cache_dir=root / "c",
+                        group_by=["treepo.experiment"])
+
+
+def test_report_of_two_strategies(store, cmp_report):
+    res = cmp_report
     assert res.groups == ["grpo", "treepo_fixed_init"]
     _check_figures(res)
     md = res.markdown.read_text()
@@ -222,9 +229,8 @@ PROBE = ('<script>window.addEventListener("load",()=>{const im=[...document.imag
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install -y chromium)")
-def test_html_renders_in_headless_chromium(store, tmp_path):
-    res = build_report(experiment="cmp", tracking_uri=store["uri"], out_dir=tmp_path / "r", cache_dir=tmp_path / "c",
-                       group_by=["treepo.experiment"])
+def test_html_renders_in_headless_chromium(cmp_report, tmp_path):
+    res = cmp_report
     page = tmp_path / "probe.html"
     page.write_text(res.html.read_text().replace("</body>", PROBE + "</body>"))
     proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -270,18 +276,18 @@ def test_run_missing_trains_what_a_recipe_lacks(store, tmp_path, ws_cache, monke
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
-def test_cli_report_and_export(store, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "treepo_lab.cli", *a, "--tracking-uri", store["uri"]],
-                                    capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    proc = run("report", "--experiment", "cmp", "--out", str(tmp_path / "r"), "--group-by", "treepo.experiment")
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "r" / "report.html").is_file() and "groups: grpo, treepo_fixed_init" in proc.stdout
-    proc = run("export", "--experiment", "cmp", "--format", "parquet", "--out", str(tmp_path / "x.parquet"))
-    assert proc.returncode == 0 and len(pd.read_parquet(tmp_path / "x.parquet")) > 100
-    proc = run("report", "--experiment", "nope")
-    assert proc.returncode == 2 and "--experiment='nope' is not allowed" in proc.stderr
-    assert subprocess.run([sys.executable, "-m", "treepo_lab.cli", "figures", "--help"], capture_output=True,
-                          text=True).stdout.count("fig1") >= 1
+def test_cli_report_and_export(store, tmp_path, capsys):
+    """The command line's own entry point, in process (test_cli.py covers --help of every command)."""
+    run = lambda *a: (main([*a, "--tracking-uri", store["uri"]]), *capsys.readouterr())
+    rc, out, err = run("report", "--experiment", "cmp", "--out", str(tmp_path / "r"), "--group-by", "treepo.experiment")
+    assert rc == 0, err
+    assert (tmp_path / "r" / "report.html").is_file() and "groups: grpo, treepo_fixed_init" in out
+    rc, out, err = run("export", "--experiment", "cmp", "--format", "parquet", "--out", str(tmp_path / "x.parquet"))
+    assert rc == 0 and len(pd.read_parquet(tmp_path / "x.parquet")) > 100
+    rc, out, err = run("report", "--experiment", "nope")
+    assert rc == 2 and "--experiment='nope' is not allowed" in err
+    rc, out, err = run("export", "--experiment", "cmp", "--format", "xlsx")
+    assert rc == 2 and "invalid choice: 'xlsx'" in err
 
 
 def test_default_groups_follow_the_strategy_tag_and_keep_experiment_colours(store):
