@@ -201,6 +201,18 @@ def cmd_ui(own, overrides, raw):
     serve_ui(cfg.tracking.resolved_uri(), port, verbose=cli_output.VERBOSE)
 
 
+def _analysis(name: str):
+    """report / export / figures parse their own options (argparse: --sweep, --runs ID ..., --help)."""
+    def run(own, overrides, raw):
+        from treepo_lab.analysis.commands import COMMANDS as ANALYSIS
+
+        ANALYSIS[name](raw)
+    return run
+
+
+RAW_ARGS = ("resume", "report", "export", "figures")  # commands that read their arguments themselves
+OWN_HELP = ("report", "export", "figures")  # commands whose --help argparse prints
+
 COMMANDS = {
     "demo": Command(cmd_demo, "warm-start the embedded model, train TreePO on it for a few minutes, log to MLflow",
                     "treepo-lab demo [key=value ...]",
@@ -229,6 +241,13 @@ COMMANDS = {
     "resume": Command(cmd_resume, "continue a run from its latest checkpoint",
                       "treepo-lab resume <MLflow run id | runs/<run> | runs/<run>/checkpoints/step-NNNNNN> [key=value ...]",
                       "The run continues in the same MLflow run, with the config it was started with.", own=()),
+    **{name: Command(_analysis(name), summary, f"treepo-lab {name} {usage_}", "") for name, summary, usage_ in (
+        ("report", "comparison report of runs: Markdown, self-contained HTML, PNG + PDF figures",
+         "--sweep NAME | --experiment NAME | --runs ID ... [--group-by KEY ...] [--baseline GROUP] [--out DIR]"),
+        ("export", "full metric histories in long format (CSV or Parquet)",
+         "--sweep NAME | --experiment NAME | --runs ID ... [--format csv|parquet] [--out FILE]"),
+        ("figures", "paper-style figures and tables (recipes in analysis/)",
+         "NAME [--sweep NAME | --runs ID ...] [--run-missing] [key=value ...]"))},
     "ui": Command(cmd_ui, "the MLflow UI on the project's store (127.0.0.1, one worker); prints the URL",
                   "treepo-lab ui [port=5000] [tracking.tracking_uri=...]",
                   "Serves the store runs log to (tracking.tracking_uri, $MLFLOW_TRACKING_URI or ./mlflow.db) until Ctrl-C.",
@@ -258,17 +277,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"treepo-lab: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         print("hint: treepo-lab --help", file=sys.stderr)
         return 2
-    if any(a in ("-h", "--help") for a in args):
+    if any(a in ("-h", "--help") for a in args) and name not in OWN_HELP:
         print(command_help(name))
         return 0
     configure_output(verbose)
     cmd = COMMANDS[name]
     try:
-        own, overrides = _split(args, cmd) if name != "resume" else ({}, [])
+        own, overrides = _split(args, cmd) if name not in RAW_ARGS else ({}, [])
         cmd.run(own, overrides, args)
     except KeyboardInterrupt as stop:  # Ctrl-C: where the run stands, how to go on, no traceback
         print(interrupted_line(stop), file=sys.stderr)
         return 130
+    except SystemExit as stop:  # argparse of report/export/figures: --help (0) or a bad option (2, message printed)
+        if name not in OWN_HELP:
+            raise
+        return stop.code if isinstance(stop.code, int) else 0
     except Exception as err:  # user mistakes: one line + hint; anything else is a bug: traceback
         line = user_error_line(err)
         if line is None:
