@@ -22,7 +22,7 @@ RUN_DIR_TAG = "treepo.run_dir"
 
 def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: str | None = None,
                    sweep_id: str | None = None, trial: int | None = None, parent_run_id: str | None = None,
-                   progress: bool = True) -> tuple[Trainer, list[dict]]:
+                   progress: bool = True, on_eval=None) -> tuple[Trainer, list[dict]]:
     cfg: ExperimentConfig = validate(to_object(cfg))
     device = str(resolve_device(cfg.model.device))
     tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.tracking, cfg.name, cfg.seed,
@@ -35,7 +35,7 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
             name = getattr(tracker, "run_name", None) or f"{cfg.name}-{time.strftime('%m%d-%H%M%S')}"
             run_dir = (Path(cfg.trainer.output_dir) / name).resolve()
         tracker.set_tag(RUN_DIR_TAG, str(run_dir))
-        trainer = Trainer(cfg, tracker=tracker, resume_from=resume_from, run_dir=run_dir)
+        trainer = Trainer(cfg, tracker=tracker, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
         try:
             history = trainer.fit(progress=progress)
         finally:

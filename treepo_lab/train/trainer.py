@@ -59,8 +59,9 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig | DictConfig, tracker=None, resume_from: str | Path | None = None,
-                 run_dir: str | Path | None = None):
-        self.cfg = cfg = validate(to_object(cfg))  # every value checked before any compute
+                 run_dir: str | Path | None = None, on_eval=None):
+        self.cfg = cfg = validate(to_object(cfg))
+        self.on_eval = on_eval  # fn(step, metrics) after every held-out evaluation; what it raises propagates  # every value checked before any compute
         seed_everything(cfg.seed)
         self.model_path = resolve_model(cfg.model, warmstart_config(cfg))
         self.model, self.tokenizer = load_model_and_tokenizer(
@@ -314,6 +315,8 @@ class Trainer:
         metrics["time/wall_s"] = self.wall_s
         metrics.update(self.cumulative.add({}))  # the running totals, unchanged
         self._log(metrics)
+        if self.on_eval is not None:
+            self.on_eval(self.step, metrics)
         if self.tracker is not None:
             self.tracker.log_dict(records[: self.cfg.eval.n_samples_logged], f"eval/samples_step{self.step:06d}.json")
 
