@@ -43,7 +43,7 @@ def config_keys() -> tuple[frozenset[str], frozenset[str]]:
 def check_key(key: str, where: str) -> None:
     keys, open_dicts = config_keys()
     if key == "seed":
-        raise ConfigError(where, key, "a config key other than seed (list the seeds under seeds:)")
+        raise ConfigError(where, key, "a config key other than seed (list the seeds under seeds: instead)")
     if key in keys or key in SPECIAL or any(key.startswith(d + ".") for d in open_dicts):
         return
     close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
@@ -96,7 +96,7 @@ def check_points(spec: SweepSpec) -> int:
 
 def validate_spec(spec: SweepSpec) -> SweepSpec:
     for p in spec.params:
-        check_key(p.key, f"{'grid' if spec.grid else 'search_space'}.{p.key}")
+        check_key(p.key, "grid" if spec.grid else "search_space")
     for o in spec.overrides:
         check_key(o.split("=", 1)[0].lstrip("+~"), "overrides")
     check_experiments(spec)
