@@ -98,7 +98,8 @@ def prepare(spec_path: str, args: list[str], storage: str | None, tracking_uri: 
 
 
 def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, storage: str | None = None,
-              tracking_uri: str | None = None, out=sys.stdout, poll_s: float = 1.0) -> dict:
+              tracking_uri: str | None = None, out=None, poll_s: float = 1.0) -> dict:
+    out = out or sys.stdout
     if workers < 1:
         raise ConfigError("--workers", workers, "an integer >= 1")
     spec, uri, url = prepare(spec_path, list(args or []), storage, tracking_uri)

@@ -14,7 +14,7 @@ experiment config (keys, values, metrics) are in `validate.py`.
     objectives: [{metric: eval/accuracy, direction: maximize}]
     seeds: [0, 1]                      # the objective is the mean over seeds
     sampler: {name: tpe, seed: 0}      # tpe | random | grid | gp | nsga2, plus the Optuna sampler's arguments
-    pruner: {name: median}             # median | successive_halving | hyperband | none, plus its arguments
+    pruner: {name: median}             # median | successive_halving | hyperband | percentile | threshold | none (+ arguments)
     n_trials: 16
     timeout_s: null                    # stop asking for new trials after this many seconds
     failure_limit: 3                   # the first N trials all failed: the spec cannot work, stop
@@ -37,7 +37,8 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
             "grid": optuna.samplers.RandomSampler,  # grid points are enqueued; the sampler never picks
             "gp": optuna.samplers.GPSampler, "nsga2": optuna.samplers.NSGAIISampler}
 PRUNERS = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-           "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
+           "hyperband": optuna.pruners.HyperbandPruner, "percentile": optuna.pruners.PercentilePruner,
+           "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
 DIRECTIONS = ("maximize", "minimize")
 TOP_KEYS = ("name", "description", "experiment", "overrides", "search_space", "grid", "objectives", "seeds",
             "sampler", "pruner", "n_trials", "timeout_s", "failure_limit", "heartbeat_s", "max_retry")
