@@ -56,7 +56,10 @@ class Heartbeat(threading.Thread):
             self.stopped.wait(self.interval_s)
 
 
-def _next_trial(study: optuna.Study, spec, url: str, retry) -> optuna.Trial | None:
+WAIT = "wait"  # no trial to start now, but others are running: one may die and be queued again
+
+
+def _next_trial(study: optuna.Study, spec, url: str, retry):
     with sto.study_lock(url):
         if sto.is_rdb(url):
             optuna.storages.fail_stale_trials(study)
@@ -71,7 +74,7 @@ def _next_trial(study: optuna.Study, spec, url: str, retry) -> optuna.Trial | No
                                                "error": error})
             return None
         if not st.work_left(spec, trials):
-            return None
+            return WAIT if any(t.state == TrialState.RUNNING for t in trials) else None
         trial = study.ask()
         trial.set_user_attr(sto.WORKER_ATTR, sto.worker_record())
         return trial
@@ -102,6 +105,9 @@ def work(study_name: str, storage_url: str, worker_index: int = 0, threads: int 
         trial = _next_trial(study, spec, storage_url, retry)
         if trial is None:
             return 0
+        if trial is WAIT:  # stay to take over a retry (a stale heartbeat, a dead worker's pid)
+            time.sleep(min(5.0, spec.heartbeat_s))
+            continue
         beat = Heartbeat(storage, trial._trial_id, spec.heartbeat_s) if sto.is_rdb(storage_url) else None
         if beat:
             beat.start()
