@@ -153,7 +153,8 @@ def load_prompts(args, tokenizer) -> list[str]:
         lines = [x for x in Path(args.prompts_file).read_text().splitlines() if x.strip()]
         texts = [x.replace("\\n", "\n") for x in lines]
     else:  # held-out arithmetic problems: fixed, and never trained on by the warm start
-        from treepo_lab.tasks.config import TaskConfig, build_task
+        from treepo_lab.tasks.build import build_task
+        from treepo_lab.tasks.config import TaskConfig
 
         texts = [p.prompt for p in build_task(TaskConfig()).held_out()]
     if len(texts) < args.prompts:
@@ -202,7 +203,7 @@ class Bench:
         self.prompts = [self.tok(t)["input_ids"] for t in self.texts]
         self.engines = {}
         if need_hf:
-            self.engines["hf"] = build_engine("hf", self.model, self.tok, device=device)
+            self.engines["hf"] = build_engine("hf", self.model, self.tok)  # samples on the model's device
         if args.engine == "vllm":
             try:
                 from treepo_lab.engines.vllm_engine import import_vllm
@@ -211,11 +212,9 @@ class Bench:
             except ImportError as err:
                 print(f"SKIP vLLM rows: {err}\n(run with /work/main/.venv-vllm/bin/python)")
             else:
-                # block_size 32: the CPU build rejects 16; the engine runs vLLM with 1 torch thread
-                opts = {"block_size": 32} if args.mode == "cpu" else {"gpu_memory_utilization": 0.6}
+                # EngineConfig's platform defaults (block 32 on CPU, 16 on GPU; 1 torch thread on CPU)
                 max_len = len(max(self.prompts, key=len)) + args.budget + 1
-                self.engines["vllm"] = build_engine("vllm", model_dir, self.tok, max_model_len=max_len,
-                                                    **opts)
+                self.engines["vllm"] = build_engine("vllm", model_dir, self.tok, max_model_len=max_len)
 
     def specs(self) -> list[Spec]:
         a, out = self.args, []
@@ -239,13 +238,13 @@ class Bench:
         return self._rollout(spec, seed, self.prompts[:n])
 
     def _rollout(self, spec: Spec, seed: int, prompts: list[list[int]]) -> dict:
-        from treepo_lab.rollout.config import SamplerConfig
+        from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
         from treepo_lab.rollout.sampler import build_sampler
 
         a = self.args
+        init = InitDivConfig("random", *spec.init_div) if spec.init_div else InitDivConfig("fixed")
         cfg = SamplerConfig(kind=spec.kind, width=a.width, max_depth=spec.d, segment_len=spec.l,
-                            branch=spec.b, init_div_range=list(spec.init_div) if spec.init_div else None,
-                            fallback_block_size=spec.l, seed=seed)
+                            branch=spec.b, init_div=init, fallback_block_size=spec.l, seed=seed)
         sampler = build_sampler(cfg, self.engines[spec.engine], self.decode, self.tok.eos_token_id)
         m = sampler.rollout(prompts).metrics()
         return {"wall_s": m["timing_s/gen"], "forward_s": m["rollout/forward_s"],

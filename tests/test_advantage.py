@@ -11,8 +11,9 @@ import statistics
 import pytest
 import torch
 
-from treepo_lab.algo.advantage import ESTIMATORS, compute_advantages
-from treepo_lab.algo.config import AdvantageConfig, needs_tree
+from treepo_lab.algo.advantage import compute_advantages
+from treepo_lab.algo.config import AdvantageConfig
+from treepo_lab.algo.registries import ESTIMATORS, needs_tree
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout.tree import Leaf, Node, Tree
 
@@ -394,14 +395,13 @@ def test_chains_spo(seed):
     assert_matches(compute_advantages(trees, rewards, AdvantageConfig("spo")), tokens)
 
 
-def test_segment_adv_and_lengths():
+def test_token_advantages_cover_each_response():
     trees, rewards = random_batch(4)
     for name in ALL:
         res = compute_advantages(trees, rewards, AdvantageConfig(name))
         for t, tree in enumerate(trees):
             for i, lf in enumerate(tree.leaves):
                 assert res.token_adv[t][i].numel() == len(tree.response_tokens(lf))
-                assert len(res.segment_adv[t][i]) == len(lf.node_path)
 
 
 def test_registry_and_needs_tree():

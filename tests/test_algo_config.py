@@ -2,7 +2,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from treepo_lab.algo.config import AdvantageConfig, LossConfig, RewardConfig, needs_tree
+from treepo_lab.algo.config import AdvantageConfig, LossConfig, RewardConfig
+from treepo_lab.algo.registries import needs_tree
+from treepo_lab.config import load_config
 from treepo_lab.registry import ConfigError
 
 
@@ -12,11 +14,20 @@ def test_defaults_are_valid_and_structured():
         assert OmegaConf.to_object(OmegaConf.structured(cls)) == cls()
 
 
+def test_names_are_checked_in_one_place():
+    # the section's own validate checks values only; the registry names fail in treepo_lab/config.py
+    AdvantageConfig(estimator="gae").validate()
+    LossConfig(name="dpo").validate()
+    for override, key in (("advantage.estimator=gae", "advantage.estimator"), ("loss.name=dpo", "loss.name")):
+        with pytest.raises(ConfigError) as e:
+            load_config("default", [override])
+        assert e.value.key == key and "one of" in str(e.value)
+
+
 @pytest.mark.parametrize("cfg, key", [
-    (AdvantageConfig(estimator="gae"), "advantage.estimator"),
     (AdvantageConfig(aggregation="sum"), "advantage.aggregation"),
     (AdvantageConfig(segment_eta=1.5), "advantage.segment_eta"),
-    (LossConfig(name="dpo"), "loss.name"),
+    (LossConfig(norm_horizon=0), "loss.norm_horizon"),
     (LossConfig(clip_low=1.0), "loss.clip_low"),
     (LossConfig(clip_high=-0.1), "loss.clip_high"),
     (LossConfig(loss_agg_mode="sum"), "loss.loss_agg_mode"),

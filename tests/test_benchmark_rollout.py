@@ -1,7 +1,9 @@
 """benchmarks/rollout.py end to end in its --smoke mode (a random tiny model, a few seconds).
 
 It runs as a subprocess, the way users run it: argument parsing, the JSON it writes and its exit
-codes are what is checked; the numbers themselves are benchmark results, not test assertions.
+codes are what is checked; the numbers themselves are benchmark results, not test assertions. What is
+asserted is that the report is right about them: each ratio is recomputed from its rows, and each
+target's verdict (JSON and printed) agrees with its own value and limit, whichever way it goes.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import rollout_report  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout.py"
 HEADLINE = ("tree_vs_sequential_token_ratio", "tree_vs_sequential_wall_ratio", "tree_vs_generate_wall_ratio",
@@ -33,16 +38,47 @@ def check_result(out: Path, engines: set[str]) -> dict:
     assert {r["kind"] for r in rows} == {"tree", "sequential", "generate"}
     assert result["best_row"] in {r["name"] for r in rows if r["kind"] == "tree" and r["b"] == 2}
     assert all(r["n_traj"] == 2 * 4 for r in rows)  # smoke: 2 prompts x w=4, every sampler fills them
-    assert set(result["targets"]) and all(t["pass"] in (True, False) for t in result["targets"].values())
+    best = next(r for r in rows if r["name"] == result["best_row"])
+    ref = next(r for r in rows if r["name"] == best["seq_ref"])
+    assert result["tree_vs_sequential_token_ratio"] == pytest.approx(best["processed"] / ref["processed"])
+    assert result["tree_vs_sequential_wall_ratio"] == pytest.approx(best["wall_s"] / ref["wall_s"])
+    assert set(result["targets"]) == set(rollout_report.targets(best))
+    for name, t in result["targets"].items():
+        assert t["pass"] == (t["value"] <= t["limit"]), name
     return result
+
+
+def printed_verdicts(stdout: str) -> dict[str, str]:
+    """target name -> PASS / MISS as first printed (the headline block; lines '  PASS <name>: <value> (limit <x>)')."""
+    out = {}
+    for line in stdout.splitlines():
+        words = line.strip().split(" ", 1)
+        if words[0] in ("PASS", "MISS") and len(words) == 2:
+            out.setdefault(words[1].rsplit(":", 1)[0], words[0])
+    return out
+
+
+def test_targets_pass_at_the_limit_and_miss_above_it():
+    row = {"tok_vs_seq": 0.6, "wall_vs_seq": 0.7, "wall_vs_generate": 0.51, "recompute_ratio": 1.0,
+           "overhead_share": None}
+    t = rollout_report.targets(row)
+    assert t["tree tokens <= 0.6x sequential"]["pass"] is True
+    assert t["tree wall <= (token ratio + 0.1)x sequential"]["pass"] is True  # 0.7 <= 0.6 + 0.1
+    assert t["tree wall <= 0.5x generate(num_return_sequences=w)"]["pass"] is False
+    assert t["overhead share <= 15%"]["pass"] is None  # not measured: neither verdict
+    worse = rollout_report.targets({**row, "tok_vs_seq": 0.61, "wall_vs_seq": 0.72})
+    assert worse["tree tokens <= 0.6x sequential"]["pass"] is False
+    assert worse["tree wall <= (token ratio + 0.1)x sequential"]["pass"] is False
 
 
 def test_smoke_hf(tmp_path):
     out = tmp_path / "rollout.json"
     proc = run("--smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_result(out, {"hf"})
-    assert "PASS" in proc.stdout or "MISS" in proc.stdout
+    result = check_result(out, {"hf"})
+    printed = printed_verdicts(proc.stdout)
+    headline = {k: ("PASS" if t["pass"] else "MISS") for k, t in result["targets"].items()}
+    assert headline.items() <= printed.items(), (headline, printed)
 
 
 @pytest.mark.vllm

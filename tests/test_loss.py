@@ -58,8 +58,8 @@ MASK = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])  # the third row is paddi
     ("token-mean", None, 7 / 3),
     ("seq-mean-token-sum", None, (3 + 4) / 2),
     ("seq-mean-token-mean", None, (1.5 + 4) / 2),
-    ("seq-mean-token-sum-norm", None, 7 / (2 * 3)),  # n_seqs * padded width
-    ("seq-mean-token-sum-norm", 10, 7 / (2 * 10)),  # n_seqs * constant horizon
+    ("seq-mean-token-sum-norm", 3, 7 / (2 * 3)),  # n_seqs * horizon
+    ("seq-mean-token-sum-norm", 10, 7 / (2 * 10)),  # the horizon, not the padded width
 ])
 def test_agg_modes(mode, horizon, expected):
     assert agg_loss(LOSS, MASK, mode, horizon).item() == pytest.approx(expected)
@@ -68,9 +68,14 @@ def test_agg_modes(mode, horizon, expected):
 
 def test_agg_empty_mask_is_zero_not_nan():
     for mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
-        assert agg_loss(LOSS, torch.zeros_like(MASK), mode).item() == 0.0
+        assert agg_loss(LOSS, torch.zeros_like(MASK), mode, horizon=5).item() == 0.0
     with pytest.raises(ValueError):
         agg_loss(LOSS, MASK, "sum")
+
+
+def test_norm_mode_needs_a_horizon():
+    with pytest.raises(ValueError, match="horizon"):  # never the padded width silently
+        agg_loss(LOSS, MASK, "seq-mean-token-sum-norm")
 
 
 def batch():
@@ -81,19 +86,29 @@ def batch():
     return ratio.log(), torch.zeros_like(ratio), adv, mask, per_token
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
-                                  "seq-mean-token-sum-norm"])
+PER_MODE = {"token-mean": (-1.1 - 2.56 + 0.8 + 10) / 4, "seq-mean-token-sum": (-3.66 + 10.8) / 2,
+            "seq-mean-token-mean": (-1.83 + 5.4) / 2, "seq-mean-token-sum-norm": (-3.66 + 10.8) / (2 * 7)}
+
+
+@pytest.mark.parametrize("mode", list(PER_MODE))
 def test_loss_uses_agg_mode(mode):
     logp, old, adv, mask, per_token = batch()
-    expected = {"token-mean": (-1.1 - 2.56 + 0.8 + 10) / 4, "seq-mean-token-sum": (-3.66 + 10.8) / 2,
-                "seq-mean-token-mean": (-1.83 + 5.4) / 2, "seq-mean-token-sum-norm": (-3.66 + 10.8) / (2 * 3)}[mode]
-    loss, m = ppo_loss(logp, old, adv, mask, LossConfig(loss_agg_mode=mode))
-    assert loss.item() == pytest.approx(expected)
-    assert agg_loss(per_token, mask, mode).item() == pytest.approx(expected)
+    loss, m = ppo_loss(logp, old, adv, mask, LossConfig(loss_agg_mode=mode), max_response_len=7)
+    assert loss.item() == pytest.approx(PER_MODE[mode])
     assert m["actor/pg_clipfrac"] == pytest.approx(2 / 4) and m["actor/pg_clipfrac_lower"] == pytest.approx(1 / 4)
-    loss_h, _ = ppo_loss(logp, old, adv, mask, LossConfig(loss_agg_mode=mode, norm_horizon=8))
+
+
+@pytest.mark.parametrize("mode", list(PER_MODE))
+def test_norm_horizon(mode):
+    """loss.norm_horizon sets H of seq-mean-token-sum-norm (None: the max response length passed in)
+    and changes no other mode."""
+    logp, old, adv, mask, _ = batch()
+    loss, _ = ppo_loss(logp, old, adv, mask, LossConfig(loss_agg_mode=mode, norm_horizon=8), max_response_len=7)
+    expected = (-3.66 + 10.8) / (2 * 8) if mode == "seq-mean-token-sum-norm" else PER_MODE[mode]
+    assert loss.item() == pytest.approx(expected)
     if mode == "seq-mean-token-sum-norm":
-        assert loss_h.item() == pytest.approx((-3.66 + 10.8) / (2 * 8))
+        with pytest.raises(ValueError, match="horizon"):
+            ppo_loss(logp, old, adv, mask, LossConfig(loss_agg_mode=mode))
 
 
 def test_kl_penalties():
@@ -109,18 +124,26 @@ def test_kl_penalties():
         kl_penalty(logp, ref, "k2")
 
 
+# ref - logp per token (the third column is masked out); the KL terms by hand:
+# k1 = logp - ref = -d, k3 = exp(d) - d - 1
+KL_D = [[-0.3, 0.5, 7.0], [0.1, -0.2, 7.0]]
+KL_BY_HAND = {"k1": (0.3 - 0.5 - 0.1 + 0.2) / 4,
+              "k3": sum(math.exp(d) - d - 1 for d in (-0.3, 0.5, 0.1, -0.2)) / 4}
+KL_BY_HAND["low_var_kl"] = KL_BY_HAND["k3"]
+
+
 @pytest.mark.parametrize("kl_type", ["k1", "k3", "low_var_kl"])
 def test_kl_loss_term(kl_type):
     logp, old, adv, mask, per_token = batch()
-    ref = logp - 0.3
-    kl = kl_penalty(logp, ref, kl_type)
+    ref = logp + torch.tensor(KL_D, dtype=torch.float64)
     loss, m = ppo_loss(logp, old, adv, mask, LossConfig(kl_coef=0.5, kl_type=kl_type), ref_logp=ref)
-    assert m["actor/kl_loss"] == pytest.approx(masked_mean(kl, mask).item())
-    assert loss.item() == pytest.approx(masked_mean(per_token, mask).item() + 0.5 * m["actor/kl_loss"])
+    assert m["actor/kl_loss"] == pytest.approx(KL_BY_HAND[kl_type], rel=1e-9)
+    assert loss.item() == pytest.approx(PER_MODE["token-mean"] + 0.5 * KL_BY_HAND[kl_type], rel=1e-9)
     with pytest.raises(ValueError, match="reference"):
         ppo_loss(logp, old, adv, mask, LossConfig(kl_coef=0.5))
-    _, m0 = ppo_loss(logp, old, adv, mask, LossConfig(kl_type=kl_type), ref_logp=ref)  # logged even when not optimised
-    assert m0["actor/kl_loss"] == pytest.approx(m["actor/kl_loss"])
+    loss0, m0 = ppo_loss(logp, old, adv, mask, LossConfig(kl_type=kl_type), ref_logp=ref)  # logged, not optimised
+    assert m0["actor/kl_loss"] == pytest.approx(KL_BY_HAND[kl_type], rel=1e-9)
+    assert loss0.item() == pytest.approx(PER_MODE["token-mean"])
 
 
 def test_entropy_bonus():

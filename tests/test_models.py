@@ -111,7 +111,7 @@ def test_warmstart_failure_leaves_no_entry(tmp_path, monkeypatch):
 
 def test_evaluation_helpers_run_on_an_untrained_model():
     from treepo_lab.models.warmstart import greedy_accuracy, mixed_fraction
-    from treepo_lab.tasks.config import build_task
+    from treepo_lab.tasks.build import build_task
 
     tok = build_char_tokenizer()
     model = build_tiny_model(SMALL, tok).eval()

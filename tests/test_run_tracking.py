@@ -11,6 +11,8 @@ from treepo_lab.config import load_config
 from treepo_lab.train.run import resume, run_experiment
 from treepo_lab.train.trainer import Trainer
 
+EXPERIMENT = "arith_d2-tiny"  # the default MLflow experiment: one per task and model
+
 
 @pytest.fixture()
 def store(tmp_path, monkeypatch):
@@ -30,7 +32,7 @@ def _cfg(uri, ws_cache, *extra):
 
 def test_two_step_run_is_in_mlflow(store, ws_cache):
     trainer, history = run_experiment(_cfg(store, ws_cache), progress=False)
-    runs = mlflow.search_runs(experiment_names=["treepo_fixed_init"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -38,8 +40,10 @@ def test_two_step_run_is_in_mlflow(store, ws_cache):
     assert params["sampler.width"] == "4" and params["advantage.estimator"] == "treepo"
     assert params["trainer.steps"] == "2"
     assert tags["treepo.experiment"] == "treepo_fixed_init" and tags["treepo.seed"] == "0"
-    assert tags["treepo.engine"] == "hf" and "treepo.git_commit" in tags and "treepo.version" in tags
-    assert tags["sampler.kind"] == "tree"
+    assert tags["treepo.engine"] == "hf" and "mlflow.source.git.commit" in tags and "treepo.version" in tags
+    assert tags["treepo.strategy"] == "4x8" and tags["treepo.strategy.sampler"] == "tree"  # FAST: 4 segments of 8
+    assert run.info.run_name.startswith("treepo_fixed_init-s0-")
+    assert "Table 1 row 3" in tags["mlflow.note.content"] and "paper_ref" not in params
     client = MlflowClient(store)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "critic/score/mean")]
     assert steps == [1, 2]
@@ -49,8 +53,9 @@ def test_two_step_run_is_in_mlflow(store, ws_cache):
     assert all("@" not in k for k in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "trees", "checkpoint_location.txt"} <= artifacts
-    trees = client.list_artifacts(run.info.run_id, "trees")
-    assert trees, "rollout trees logged as JSON"
+    trees = {a.path for a in client.list_artifacts(run.info.run_id, "trees")}
+    assert {"trees/step000001.json", "trees/step000001.html"} <= trees, "trees: compact JSON and a drawing"
+    assert "eval_samples.json" in artifacts  # the MLflow table of evaluation samples
 
 
 def test_crash_leaves_run_failed(store, ws_cache, monkeypatch):
@@ -60,7 +65,7 @@ def test_crash_leaves_run_failed(store, ws_cache, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", boom)
     with pytest.raises(RuntimeError, match="forced failure"):
         run_experiment(_cfg(store, ws_cache), progress=False)
-    run = mlflow.search_runs(experiment_names=["treepo_fixed_init"], output_format="list")[0]
+    run = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")[0]
     assert run.info.status == "FAILED"
 
 
@@ -75,7 +80,7 @@ def test_resume_by_run_id_continues_the_run(store, ws_cache, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", die_at_second)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(_cfg(store, ws_cache), progress=False)
-    run = mlflow.search_runs(experiment_names=["treepo_fixed_init"], output_format="list")[0]
+    run = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")[0]
     assert run.info.status == "KILLED"
     monkeypatch.setattr(Trainer, "train_step", real)
     trainer, _ = resume(run.info.run_id, progress=False)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scripted_engine import BOX, EOS, ScriptedEngine, dec, default_logprob
 
 from treepo_lab.rollout import divergence, fallback
-from treepo_lab.rollout.config import SamplerConfig, validate
+from treepo_lab.rollout.config import BudgetConfig, InitDivConfig, SamplerConfig, validate
 from treepo_lab.rollout.sampler import build_sampler
 from treepo_lab.rollout.tree import FinishReason, Tree
 
@@ -36,27 +36,29 @@ def configs(draw):
     l = draw(st.integers(1, 6))
     cut = draw(st.sampled_from(fallback.CUT_POLICIES.names()))
     aligned = draw(st.booleans())
-    window = draw(st.sampled_from([-1, 0, l, 2 * l] if aligned else [-1, l + 1, 2 * l + 1]))
-    ranges = st.tuples(st.integers(1, 4), st.integers(0, 6)).map(lambda t: [t[0], t[0] + t[1]])
-    init = draw(st.one_of(st.none(), ranges))
+    window = draw(st.sampled_from([None, l, 2 * l] if aligned else [None, l + 1, 2 * l + 1]))
+    init = draw(st.one_of(st.just(InitDivConfig("fixed")),
+                          st.tuples(st.integers(1, 4), st.integers(0, 6)).map(
+                              lambda t: InitDivConfig("random", t[0], t[0] + t[1]))))
+    budget = draw(st.one_of(st.just(BudgetConfig("fixed_div")), st.just(BudgetConfig("random_div", 1, 3)),
+                            st.integers(1, 64).map(lambda n: BudgetConfig("step_token_budget", tokens=n))))
+    boxed = draw(st.sampled_from(["boxed", "boxed_with_eos"]))
+    rules = ([boxed, "eos", "max_length", "max_depth", "repetition"] if draw(st.booleans())
+             else ["repetition", boxed, "eos", "max_length", "max_depth"])
     d = draw(st.integers(1, 5))
     return SamplerConfig(
         kind=draw(st.sampled_from(["tree", "tree", "tree", "sequential"])),
         width=draw(st.integers(1, 8)), max_depth=d, segment_len=l, branch=draw(st.integers(1, 4)),
-        init_div_range=init,
-        budget_control=draw(st.sampled_from(
-            ["by_fixed_div", "by_random_div_1to3", "by_infer_step_token_budget"])),
-        step_token_budget=draw(st.integers(1, 64)),
+        init_div=init, budget=budget,
         div_policy=draw(st.sampled_from(divergence.DIV_POLICIES.names())),
         div_temperature=draw(st.sampled_from([0.5, 1.0, 2.0])),
-        boxed_eos_policy=draw(st.sampled_from(["boxed_as_eos", "boxed_and_eos_first"])),
-        repetition_policy=draw(st.sampled_from(["least_prioritized", "most_prioritized"])),
+        stop_rules=rules,
         repetition_window=draw(st.integers(1, 4)), repetition_count=draw(st.integers(2, 6)),
-        min_len=draw(st.sampled_from([-1, 0, min(3, d * l)])),
-        fallback_candidates=draw(st.sampled_from(
-            [*fallback.CANDIDATE_POLICIES.names(), "boxed_ge_window_1"])),
+        min_len=draw(st.sampled_from([None, min(3, d * l)])),
+        fallback_candidates=draw(st.sampled_from(fallback.CANDIDATE_POLICIES.names())),
+        fallback_min_windows=draw(st.integers(1, 2)),
         fallback_cut=cut, fallback_window=window, require_aligned_window=aligned,
-        max_fallback_window=draw(st.sampled_from([-1] if cut == "min_logprob_token" else [-1, 1, 2, 3])),
+        max_fallback_window=draw(st.sampled_from([None] if cut == "min_logprob_token" else [None, 1, 2, 3])),
         fallback_block_size=draw(st.integers(1, 5)),
     )
 
@@ -73,17 +75,17 @@ def test_tree_invariants(cfg, n_prompts, seed, p_eos, p_box):
     w, d, l = cfg.width, cfg.max_depth, cfg.segment_len
 
     for r, tree in enumerate(trees):
-        # exactly w leaves unless fallback is off (or dropped short paths exhausted the rounds)
+        # exactly w leaves unless fallback is off (or min_len drops exhausted fallback_patience)
         assert len(tree.leaves) <= w
         refilled = cfg.kind == "tree" and cfg.fallback_cut != "no_fallback"
-        if refilled and stats.fallback_rounds[r] < cfg.max_fallback_rounds:
+        if refilled and stats.dropped_short == 0:
             assert len(tree.leaves) == w
         for leaf in tree.leaves:
             assert 1 <= len(leaf.node_path) <= d
             assert leaf.node_path == tree.path_to(leaf.node_path[-1])
             resp = tree.response_tokens(leaf)
             assert len(resp) <= d * l
-            if cfg.min_len > 0:
+            if cfg.min_len is not None:
                 assert len(resp) >= cfg.min_len
             # the leaf is the sequence the engine actually extended, segment after segment
             assert engine.seqs[leaf.node_path[-1]][:len(prompts[r]) + len(resp)] == prompts[r] + resp

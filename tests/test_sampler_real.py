@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from treepo_lab.engines.base import SamplingParams
 from treepo_lab.engines.hf import HFEngine
 from treepo_lab.engines.logprobs import sequence_stats
-from treepo_lab.rollout.config import SamplerConfig
+from treepo_lab.rollout.config import BudgetConfig, InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
 
 torch.set_num_threads(1)
@@ -39,12 +39,12 @@ CONFIGS = {
     # budget transfer and EOS stops; fallback restarts every finished kind of leaf at random cuts
     "tree": {"width": 6, "max_depth": 3, "segment_len": 4, "branch": 2, "fallback_candidates": "random_all"},
     # b=1 chains that fall back at the least likely token: cuts inside segments (partial copies)
-    "min_logprob": {"width": 5, "max_depth": 3, "segment_len": 4, "branch": 1, "init_div_range": [2, 2],
+    "min_logprob": {"width": 5, "max_depth": 3, "segment_len": 4, "branch": 1, "init_div": InitDivConfig("random", 2, 2),
                     "fallback_candidates": "random_all", "fallback_cut": "min_logprob_token", "top_k": 12,
                     "temperature": 0.8},
     "weighted": {"width": 6, "max_depth": 4, "segment_len": 3, "branch": 2,
                  "div_policy": "entropy_weighted_div",
-                 "budget_control": "by_random_div_1to3", "fallback_candidates": "finished_first",
+                 "budget": BudgetConfig("random_div", 1, 3), "fallback_candidates": "finished_first",
                  "fallback_window": 5, "require_aligned_window": False, "top_p": 0.9},
     "sequential": {"kind": "sequential", "width": 3, "max_depth": 3, "segment_len": 4},
 }

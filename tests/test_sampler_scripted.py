@@ -13,7 +13,8 @@ from scripted_engine import BOX, EOS, ScriptedEngine, dec, enc
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout import divergence, fallback, stopping
 from treepo_lab.rollout.accounting import CumulativeCompute, rollout_metrics
-from treepo_lab.rollout.config import DivTempSchedule, SamplerConfig, validate
+from treepo_lab.config import validate_sampler
+from treepo_lab.rollout.config import BudgetConfig, DivTempSchedule, InitDivConfig, SamplerConfig, validate
 from treepo_lab.rollout.divergence import ActivePath, largest_remainder
 from treepo_lab.rollout.sampler import SequentialSampler, TreeSampler, build_sampler
 from treepo_lab.rollout.tree import FinishReason as FR
@@ -62,8 +63,8 @@ def test_width_cap_and_even_split_remainder_to_last():
 
 def test_floor_of_one_child_per_active_path():
     # token budget 2 tokens/step with l=2 allows 1 request, but 3 paths are active: each still gets one
-    res, eng = run(lambda r, c, i: "xy", width=3, max_depth=3, segment_len=2, init_div_range=[3, 3],
-                   budget_control="by_infer_step_token_budget", step_token_budget=2)
+    res, eng = run(lambda r, c, i: "xy", width=3, max_depth=3, segment_len=2, init_div=InitDivConfig("random", 3, 3),
+                   budget=BudgetConfig("step_token_budget", tokens=2))
     assert [len(c) for c in eng.calls] == [3, 3, 3]
     assert len(res.trees[0].leaves) == 3
 
@@ -73,22 +74,25 @@ def test_step_total_formulas():
     assert divergence.step_total(cfg, finished=3, finished_now=2, n_active=5, b=2, n_roots_active=1) == 13
     assert divergence.step_total(cfg, finished=10, finished_now=2, n_active=5, b=2, n_roots_active=1) == 6
     assert divergence.step_total(cfg, finished=1, finished_now=0, n_active=3, b=2, n_roots_active=1) == 6
-    tok = replace(cfg, budget_control="by_infer_step_token_budget", step_token_budget=64)
+    tok = replace(cfg, budget=BudgetConfig("step_token_budget", tokens=64))
     assert divergence.step_total(tok, finished=0, finished_now=0, n_active=2, b=2, n_roots_active=2) == 8
     assert divergence.step_total(tok, finished=12, finished_now=0, n_active=2, b=2, n_roots_active=2) == 4
 
 
 def test_random_div_draws_per_root_and_initial_range_capped_at_width():
-    cfg = SamplerConfig(width=5, budget_control="by_random_div_2to8")
+    cfg = SamplerConfig(width=5, budget=BudgetConfig("random_div", 2, 8))
     rng = np.random.default_rng(0)
     draws = {divergence.branch_factor(cfg, rng, 1) for _ in range(200)}
     assert draws == set(range(2, 9))
-    init = replace(cfg, budget_control="by_fixed_div", init_div_range=[2, 8])
+    init = replace(cfg, budget=BudgetConfig("fixed_div"), init_div=InitDivConfig("random", 2, 8))
     b0 = {divergence.initial_branching(init, rng, 1) for _ in range(200)}
     assert b0 == {2, 3, 4, 5}  # UniformInt[2, 8], never more than w
-    res, eng = run(lambda r, c, i: enc("a") + [EOS], prompts=[PROMPT] * 6, width=8, init_div_range=[2, 6])
-    per_prompt = Counter(tuple(r.context) for r in eng.calls[0])
-    assert len(eng.calls[0]) == sum(per_prompt.values())
+    # b0 is drawn per prompt: six distinct prompts, so a Counter over contexts sees each prompt's own b0
+    prompts = [[30 + k, 31] for k in range(6)]
+    res, eng = run(lambda r, c, i: enc("a") + [EOS], prompts=prompts, width=8, init_div=InitDivConfig("random", 2, 6))
+    per_prompt = [Counter(tuple(r.context) for r in eng.calls[0])[tuple(p)] for p in prompts]
+    expect = np.random.default_rng(0).integers(2, 7, size=6).tolist()  # the sampler's rng draws b0 first
+    assert per_prompt == expect and len(set(per_prompt)) > 1
     assert all(len(t.leaves) == 8 for t in res.trees)
 
 
@@ -149,9 +153,9 @@ def test_divergence_policy_in_the_sampler_uses_segment_logprobs():
             return "ab", [SEG_MEANS[i]] * 2
         return enc("z") + [EOS]
 
-    _, eng = run(script, width=9, init_div_range=[3, 3], div_policy="node_logprob_weighted_div")
+    _, eng = run(script, width=9, init_div=InitDivConfig("random", 3, 3), div_policy="node_logprob_weighted_div")
     assert parents(eng.calls[1]) == [4, 1, 1]  # total = min(9, 2*3) = 6
-    _, eng = run(script, width=9, init_div_range=[3, 3], div_policy="inverse_node_logprob_weighted_div")
+    _, eng = run(script, width=9, init_div=InitDivConfig("random", 3, 3), div_policy="inverse_node_logprob_weighted_div")
     assert parents(eng.calls[1]) == [1, 3, 2]
 
 
@@ -234,7 +238,7 @@ def test_random_cut_is_segment_aligned_and_drops_at_least_the_last_block():
     cand = fallback.Candidate(leaf=None, length=10, logprobs=[-1.0] * 10)
     cuts = {fallback.CUT_POLICIES.get("random")(cand, cfg, rng) for _ in range(300)}
     assert cuts == {0, 4, 8}
-    neg = replace(cfg, fallback_window=-1, max_fallback_window=2)  # B3: W <= 0 means l
+    neg = replace(cfg, fallback_window=None, max_fallback_window=2)  # B3: a null W means l
     assert {fallback.CUT_POLICIES.get("random")(cand, neg, rng) for _ in range(300)} == {4, 8}
 
 
@@ -256,20 +260,21 @@ def test_candidate_policies():
     reasons = [FR.REPETITION, FR.FINISHED, FR.EOS, FR.MAX_LENGTH]
     cands = [fallback.Candidate(Leaf([i], r), length=4 * (i + 1), logprobs=[]) for i, r in enumerate(reasons)]
     cfg, rng = SamplerConfig(segment_len=4), np.random.default_rng(0)
-    strict = fallback.candidate_policy("finished_first_strict")(cands, cfg, rng)
+    policy = fallback.CANDIDATE_POLICIES.get
+    strict = policy("finished_first_strict")(cands, cfg, rng)
     assert [c.leaf.finish_reason for c in strict] == [FR.FINISHED, FR.EOS, FR.MAX_LENGTH, FR.REPETITION]
-    soft = fallback.candidate_policy("soft_boxed_and_eos")(cands, cfg, rng)
+    soft = policy("soft_boxed_and_eos")(cands, cfg, rng)
     assert {c.leaf.finish_reason for c in soft} == {FR.FINISHED, FR.EOS}
-    long_boxed = fallback.candidate_policy("boxed_ge_window_2")(cands, cfg, rng)
+    long_boxed = policy("boxed_ge_window")(cands, replace(cfg, fallback_min_windows=2), rng)
     assert [c.leaf.node_path for c in long_boxed] == [[1]]
-    assert fallback.candidate_policy("boxed_ge_window_3")(cands, cfg, rng) == []
-    firsts = Counter(fallback.candidate_policy("finished_first")(cands, cfg, rng)[0].leaf.finish_reason
+    assert policy("boxed_ge_window")(cands, replace(cfg, fallback_min_windows=3), rng) == []
+    firsts = Counter(policy("finished_first")(cands, cfg, rng)[0].leaf.finish_reason
                      for _ in range(2000))
     assert firsts[FR.FINISHED] > firsts[FR.EOS] > firsts[FR.REPETITION]
-    longer = Counter(fallback.candidate_policy("longer_first")(cands, cfg, rng)[0].leaf.node_path[0]
+    longer = Counter(policy("longer_first")(cands, cfg, rng)[0].leaf.node_path[0]
                      for _ in range(2000))
     assert longer[3] > longer[0]
-    assert len(fallback.candidate_policy("random_all")(cands, cfg, rng)) == 4
+    assert len(policy("random_all")(cands, cfg, rng)) == 4
 
 
 def test_from_start_uses_one_candidate_b_copies():
@@ -302,7 +307,8 @@ def test_repetition_threshold():
 def test_repetition_priority():
     seg = lambda r, c, i: [BOX] + enc("a" * 39)
     last = run(seg, width=1, branch=1, segment_len=50)[0].trees[0].leaves[0]
-    res, _ = run(seg, width=1, branch=1, segment_len=50, repetition_policy="most_prioritized")
+    res, _ = run(seg, width=1, branch=1, segment_len=50,
+                 stop_rules=["repetition", "boxed", "eos", "max_length", "max_depth"])
     first = res.trees[0].leaves[0]
     assert last.finish_reason == FR.FINISHED and first.finish_reason == FR.REPETITION
 
@@ -319,12 +325,22 @@ def test_boxed_policies():
     boxed_no_eos = lambda r, c, i: [BOX] if c == 1 else [BOX, EOS]
     a = run(boxed_no_eos, width=1, branch=1)[0].trees[0].leaves[0]
     assert a.finish_reason == FR.FINISHED and len(a.node_path) == 1  # boxed_as_eos
-    b = run(boxed_no_eos, width=1, branch=1, boxed_eos_policy="boxed_and_eos_first")[0].trees[0].leaves[0]
+    with_eos = ["boxed_with_eos", "eos", "max_length", "max_depth", "repetition"]
+    b = run(boxed_no_eos, width=1, branch=1, stop_rules=with_eos)[0].trees[0].leaves[0]
     assert b.finish_reason == FR.FINISHED and len(b.node_path) == 2  # waited for the EOS
     c = run(lambda r, c_, i: enc("ab") + [EOS], width=1, branch=1,
-            boxed_eos_policy="boxed_and_eos_first")[0].trees[0].leaves[0]
+            stop_rules=with_eos)[0].trees[0].leaves[0]
     assert c.finish_reason == FR.EOS
     assert stopping.has_boxed("so \\boxed{\\frac{1}{2}} done") and not stopping.has_boxed("\\boxed{1")
+
+
+def test_boxed_rule_finds_any_complete_box_in_the_segment():
+    # spec §1.4: a later unclosed box does not hide an earlier complete one (only the last was read before)
+    assert stopping.has_boxed("so \\boxed{5} hmm \\boxed{")
+    assert stopping.has_boxed("\\boxed{ \\boxed{5}") and not stopping.has_boxed("a \\boxed{ b \\boxed{")
+    text = "so \\boxed{5} hmm \\boxed{"
+    leaf = run(lambda r, c, i: text, width=1, branch=1, segment_len=len(text))[0].trees[0].leaves[0]
+    assert leaf.finish_reason == FR.FINISHED and len(leaf.node_path) == 1
 
 
 def test_length_cap_truncates_to_exactly_d_times_l():
@@ -336,9 +352,10 @@ def test_length_cap_truncates_to_exactly_d_times_l():
     assert leaf.finish_reason == FR.MAX_LENGTH and tree.response_tokens(leaf) == enc("abc")
     assert len(tree.response_logprobs(leaf)) == 3 and tree.nodes[leaf.node_path[0]].text == "abc"
     cfg = SamplerConfig(max_depth=2, segment_len=4)
-    assert stopping.stop_reason(cfg, "xx", False, 8, 2) == FR.MAX_LENGTH
-    assert stopping.stop_reason(cfg, "xx", False, 7, 2) == FR.MAX_DEPTH
-    assert stopping.stop_reason(cfg, "xx", False, 7, 1) is None
+    rules = stopping.stop_rules(cfg)
+    assert stopping.stop_reason(rules, cfg, stopping.Segment("xx", False, 8, 2)) == FR.MAX_LENGTH
+    assert stopping.stop_reason(rules, cfg, stopping.Segment("xx", False, 7, 2)) == FR.MAX_DEPTH
+    assert stopping.stop_reason(rules, cfg, stopping.Segment("xx", False, 7, 1)) is None
 
 
 def test_min_len_drops_and_fallback_refills():
@@ -354,9 +371,18 @@ def test_min_len_drops_and_fallback_refills():
     assert eng.calls[1][0].context == PROMPT  # nothing to fall back on: restart from the prompt
 
 
-def test_min_len_that_is_never_met_stops_after_max_fallback_rounds():
-    res, eng = run(lambda r, c, i: enc("a") + [EOS], width=2, min_len=3, max_fallback_rounds=5)
+def test_min_len_that_is_never_met_stops_after_fallback_patience():
+    res, eng = run(lambda r, c, i: enc("a") + [EOS], width=2, min_len=3, fallback_patience=5)
     assert res.trees[0].leaves == [] and len(eng.calls) == 6 and res.stats.short_prompts == 1
+
+
+def test_a_tree_fills_w_leaves_one_fallback_round_at_a_time():
+    # b=1 and no qualifying candidate (length-capped leaves are not soft_boxed_and_eos): every fallback round
+    # restarts one copy from the prompt and adds one leaf. A cap on all rounds (64) left 1 + 64 = 65.
+    res, eng = run(lambda r, c, i: "xy", width=70, branch=1, max_depth=1, segment_len=2)
+    assert len(res.trees[0].leaves) == 70 and res.stats.short_prompts == 0
+    assert all(lf.finish_reason == FR.MAX_LENGTH for lf in res.trees[0].leaves)
+    assert res.stats.fallback_rounds == [69]
 
 
 # ---- sampler plumbing ------------------------------------------------------------------------------------
@@ -406,32 +432,41 @@ BAD = [
     ({"width": 2.5}, "sampler.width"),
     ({"max_depth": 0}, "sampler.max_depth"),
     ({"segment_len": 0}, "sampler.segment_len"),
+    ({"shape": "8x"}, "sampler.shape"),
+    ({"shape": "0x16"}, "sampler.shape"),
+    ({"shape": "4x32", "segment_len": 16}, "sampler.segment_len"),
     ({"branch": 0}, "sampler.branch"),
-    ({"init_div_range": [5, 2]}, "sampler.init_div_range"),
-    ({"init_div_range": [0, 2]}, "sampler.init_div_range"),
-    ({"init_div_range": [2]}, "sampler.init_div_range"),
-    ({"budget_control": "by_magic"}, "sampler.budget_control"),
-    ({"budget_control": "by_random_div_8to2"}, "sampler.budget_control"),
-    ({"budget_control": "by_random_div_0to2"}, "sampler.budget_control"),
-    ({"step_token_budget": 0}, "sampler.step_token_budget"),
+    ({"init_div": InitDivConfig("random", 5, 2)}, "sampler.init_div.max"),
+    ({"init_div": InitDivConfig("random", 0, 2)}, "sampler.init_div.min"),
+    ({"init_div": InitDivConfig("uniform")}, "sampler.init_div.kind"),
+    ({"budget": BudgetConfig("by_magic")}, "sampler.budget.kind"),
+    ({"budget": BudgetConfig("random_div", 8, 2)}, "sampler.budget.max"),
+    ({"budget": BudgetConfig("random_div", 0, 2)}, "sampler.budget.min"),
+    ({"budget": BudgetConfig("step_token_budget", tokens=0)}, "sampler.budget.tokens"),
     ({"div_policy": "greedy"}, "sampler.div_policy"),
     ({"div_temperature": 0.0}, "sampler.div_temperature"),
     ({"div_temp_schedule": DivTempSchedule(kind="cosine")}, "sampler.div_temp_schedule.kind"),
     ({"div_temp_schedule": DivTempSchedule(min_temp=-1.0)}, "sampler.div_temp_schedule.min_temp"),
     ({"div_temp_schedule": DivTempSchedule(min_temp=5.0, max_temp=1.0)},
      "sampler.div_temp_schedule.min_temp"),
-    ({"boxed_eos_policy": "eos_only"}, "sampler.boxed_eos_policy"),
-    ({"repetition_policy": "never"}, "sampler.repetition_policy"),
+    ({"stop_rules": ["eos", "max_length", "max_depth", "eos_only"]}, "sampler.stop_rules"),
+    ({"stop_rules": ["boxed", "max_length", "max_depth"]}, "sampler.stop_rules"),
+    ({"stop_rules": []}, "sampler.stop_rules"),
+    ({"stop_rules": ["eos", "eos", "max_length", "max_depth"]}, "sampler.stop_rules"),
     ({"repetition_window": 0}, "sampler.repetition_window"),
     ({"repetition_count": 0}, "sampler.repetition_count"),
     ({"min_len": 10_000}, "sampler.min_len"),
+    ({"min_len": -1}, "sampler.min_len"),
     ({"fallback_candidates": "best"}, "sampler.fallback_candidates"),
-    ({"fallback_candidates": "boxed_ge_window_0"}, "sampler.fallback_candidates"),
+    ({"fallback_candidates": "boxed_ge_window_2"}, "sampler.fallback_candidates"),
+    ({"fallback_min_windows": 0}, "sampler.fallback_min_windows"),
     ({"fallback_cut": "middle"}, "sampler.fallback_cut"),
     ({"fallback_window": 20, "segment_len": 16}, "sampler.fallback_window"),
+    ({"fallback_window": -1}, "sampler.fallback_window"),
+    ({"max_fallback_window": 0}, "sampler.max_fallback_window"),
     ({"fallback_cut": "min_logprob_token", "max_fallback_window": 2}, "sampler.max_fallback_window"),
     ({"fallback_block_size": 0}, "sampler.fallback_block_size"),
-    ({"max_fallback_rounds": 0}, "sampler.max_fallback_rounds"),
+    ({"fallback_patience": 0}, "sampler.fallback_patience"),
     ({"temperature": 0.0}, "sampler.temperature"),
     ({"top_p": 1.5}, "sampler.top_p"),
     ({"top_k": -2}, "sampler.top_k"),
@@ -441,20 +476,31 @@ BAD = [
 @pytest.mark.parametrize("knobs,key", BAD, ids=[k for _, k in BAD])
 def test_validation_names_the_knob(knobs, key):
     with pytest.raises(ConfigError) as err:
-        validate(SamplerConfig(**knobs))
+        validate_sampler(SamplerConfig(**knobs))
     assert err.value.key == key
     assert key in str(err.value) and "allowed" in str(err.value)
-    with pytest.raises(ConfigError):  # the sampler refuses it before any compute
-        TreeSampler(ScriptedEngine(lambda r, c, i: "a"), SamplerConfig(**knobs), dec, EOS)
 
 
 def test_validation_lists_valid_names_and_accepts_good_configs():
     with pytest.raises(ConfigError, match="entropy_weighted_div"):
-        validate(SamplerConfig(div_policy="nope"))
+        validate_sampler(SamplerConfig(div_policy="nope"))
     with pytest.raises(ConfigError, match="soft_boxed_and_eos"):
-        validate(SamplerConfig(fallback_candidates="nope"))
-    for good in [{}, {"budget_control": "by_random_div_2to2"}, {"fallback_candidates": "boxed_ge_window_3"},
+        validate_sampler(SamplerConfig(fallback_candidates="nope"))
+    for good in [{}, {"budget": BudgetConfig("random_div", 2, 2)},
+                 {"fallback_candidates": "boxed_ge_window", "fallback_min_windows": 3},
                  {"fallback_window": 20, "segment_len": 16, "require_aligned_window": False},
-                 {"init_div_range": [2, 8]}, {"fallback_window": -1, "min_len": 4}]:
-        validate(SamplerConfig(**good))
+                 {"init_div": InitDivConfig("random", 2, 8)}, {"min_len": 4},
+                 {"budget": BudgetConfig("fixed_div", 9, 1)},  # min/max apply to random_div only
+                 {"shape": "4x32", "max_depth": 4}]:
+        validate_sampler(SamplerConfig(**good))
     assert math.isclose(SamplerConfig().max_response_len, 8 * 16)
+    assert validate(SamplerConfig(shape="2x64")).max_depth == 2 and SamplerConfig(shape="2x64").max_response_len == 128
+
+
+def test_sampler_refuses_bad_values_before_any_compute():
+    engine = ScriptedEngine(lambda r, c, i: "a")
+    with pytest.raises(ConfigError):
+        TreeSampler(engine, SamplerConfig(width=0), dec, EOS)
+    with pytest.raises(ConfigError, match="sampler.stop_rules"):
+        TreeSampler(engine, SamplerConfig(stop_rules=["eos", "max_length", "max_depth", "nope"]), dec, EOS)
+    assert engine.calls == []

@@ -7,7 +7,8 @@ import pytest
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks.arith import ArithTask, Chain, is_held_out, solution_text
 from treepo_lab.tasks.base import Task
-from treepo_lab.tasks.config import TaskConfig, build_task
+from treepo_lab.tasks.build import build_task
+from treepo_lab.tasks.config import CheckConfig, TaskConfig
 from treepo_lab.tasks.file_task import DatasetError
 
 
@@ -177,3 +178,75 @@ def test_file_config_errors(tmp_path):
         build_task(_file_cfg(tmp_path / "data.txt"))
     with pytest.raises(ConfigError, match="task.template"):
         build_task(_file_cfg(_write(tmp_path, "csv"), template="no placeholder"))
+
+
+# ---- dataset errors are user errors; templates; the README's command ----
+
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from treepo_lab.tasks.file_task import unescape_template  # noqa: E402
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("truncated.jsonl", b'{"q": "1+1?", "a": "2"}\n{"q": "2+2?", "a": "4', r"truncated\.jsonl, row 2: invalid JSON"),
+    ("latin1.jsonl", '{"q": "caf\xe9?", "a": "1"}\n'.encode("latin-1"), r"latin1\.jsonl: not UTF-8 text"),
+    ("latin1.csv", "q,a\ncaf\xe9?,1\n".encode("latin-1"), r"latin1\.csv: not UTF-8 text"),
+    ("semicolon.csv", b"q;a\n1+1?;2\n2+2?;4\n", r"column 'q': no such column \(columns: q;a\).*comma-separated"),
+    ("empty.csv", b"", r"empty\.csv: the file is empty"),
+    ("noanswer.jsonl", b'{"q": "1+1?", "a": "2"}\n{"q": "2+2?"}\n', r"noanswer\.jsonl, row 2, column 'a': missing"),
+])
+def test_dataset_errors_are_config_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=match) as e:  # the CLI prints a ConfigError as one line, exit 2
+        build_task(_file_cfg(path))
+    assert isinstance(e.value, DatasetError) and e.value.key == "task.path"
+
+
+@pytest.mark.parametrize("written, meant", [
+    ("{question}\\nAnswer:", "{question}\nAnswer:"),
+    ("{question}\\nPut it in \\boxed{}.\\n", "{question}\nPut it in \\boxed{}.\n"),
+    ("Is $x \\\\neq 0$? {question}", "Is $x \\neq 0$? {question}"),  # \\ is one backslash
+    ("{question}\nreal newline", "{question}\nreal newline"),
+])
+def test_template_escapes(written, meant):
+    assert unescape_template(written) == meant
+
+
+def test_template_newline_reaches_the_prompt(tmp_path):
+    task = build_task(_file_cfg(_write(tmp_path, "jsonl"), template="Q: {question}\\nA:"))
+    assert all(p.prompt.startswith("Q: What is ") and p.prompt.endswith("?\nA:") for p in task.held_out())
+
+
+def _readme_file_task_command() -> str:
+    text = README.read_text()
+    section = text[text.index("## A real model and a dataset file"):]
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_file_task_command_works_in_bash(tmp_path):
+    """The README's command, run by bash as written (`treepo-lab train` swapped for `show`), gives a
+    template whose `\\n` are newlines in the prompt."""
+    command = _readme_file_task_command()
+    assert command.lstrip().startswith("treepo-lab train ")
+    script = f'treepo-lab() {{ shift; "{sys.executable}" -m treepo_lab.cli show "$@"; }}\n{command}'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=README.parent)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["task"]["name"] == "file" and "{question}" in cfg["task"]["template"]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": f"so\n#### {2 * i}"}) + "\n"
+                            for i in range(1, 11)))
+    check = cfg["task"].pop("check")
+    task = build_task(TaskConfig(**{**cfg["task"], "path": str(data)}, check=CheckConfig(**check)))
+    p = task.held_out()[0]
+    assert p.prompt == p.prompt.split("\n")[0] + "\nPut the final answer in \\boxed{}.\n"
+    assert task.score(f"\\boxed{{{p.answer.split('#### ')[1]}}}", p).correct and task.warnings == []

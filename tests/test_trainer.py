@@ -6,6 +6,7 @@ these run the real forward/backward, real engine and real sampler in seconds.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -123,20 +124,79 @@ def test_reward_exception_scores_wrong_and_is_counted(ws_cache):
     assert metrics["reward/errors"] > 0
 
 
-def test_reward_timeout_scores_wrong_and_is_counted(ws_cache):
-    import time
+def faulty_verifier(trainer, hang_at=(), raise_at=()):
+    """Make the task's verifier hang (0.5 s) or raise on the given calls (1-based); returns the call count."""
+    real_score, calls = trainer.task.score, {"n": 0}
 
-    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "trainer.reward_timeout_s=0.05"))
-    real_score = trainer.task.score
-    calls = {"n": 0}
-
-    def slow_first(text, problem):
+    def score(text, problem):
         calls["n"] += 1
-        if calls["n"] == 1:
-            time.sleep(0.5)  # a hung verifier: the leaf is scored wrong, the step goes on
+        if calls["n"] in hang_at:
+            time.sleep(0.5)
+        if calls["n"] in raise_at:
+            raise ValueError("a broken verifier")
         return real_score(text, problem)
 
-    trainer.task.score = slow_first
+    trainer.task.score = score
+    return calls
+
+
+def test_reward_timeout_scores_wrong_and_is_counted(ws_cache):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "trainer.reward_timeout_s=0.05"))
+    faulty_verifier(trainer, hang_at={1})  # a hung verifier: the leaf is scored wrong, the step goes on
     metrics = trainer.train_step(0)
     assert metrics["reward/timeouts"] == 1
     assert metrics["train/n_leaves"] > 0
+
+
+def test_dynamic_sampling_rounds_give_consistent_ratio_metrics(ws_cache):
+    """DAPO resampling over several rounds: the step's ratios agree with its own summed token counts
+    (they used to keep the last round's: recompute_ratio 1.000 beside sums that give ~2)."""
+    trainer = Trainer(make_cfg(ws_cache, "reward.dynamic_sampling=true", "reward.max_resample_rounds=3"))
+    m = trainer.train_step(0)
+    assert m["dynamic_sampling/rounds"] == 3  # the barely trained model is always wrong: every round dropped
+    processed = m["rollout/decoded_tokens"] + m["rollout/prefill_tokens"]
+    assert m["rollout/n_traj"] == 3 * 2 * 4
+    assert m["rollout/recompute_ratio"] == pytest.approx(processed / m["rollout/unique_tree_tokens"])
+    assert m["rollout/token_saving"] == pytest.approx(1 - processed / m["rollout/independent_tokens"])
+    assert m["rollout/token_saving_vs_sequential"] == pytest.approx(1 - processed / m["rollout/sequential_tokens"])
+    assert m["tree/response_length/mean"] == pytest.approx(m["rollout/generated_tokens"] / m["rollout/n_traj"])
+    assert m["tree/leaves_per_prompt/mean"] == pytest.approx(4.0)
+    trainer.close()
+
+
+def test_on_eval_hook_sees_every_evaluation_and_its_errors_propagate(ws_cache, tmp_path):
+    from treepo_lab.train.run import run_experiment
+
+    seen = []
+    extra = ["trainer.steps=2", "trainer.eval_every=1", "trainer.eval_before=true"]
+    Trainer(make_cfg(ws_cache, *extra), on_eval=lambda step, m: seen.append((step, m["eval/accuracy"]))).fit(
+        progress=False)
+    assert [s for s, _ in seen] == [0, 1, 2]
+
+    class Prune(Exception):
+        pass
+
+    def prune_at_1(step, metrics):
+        if step == 1:
+            raise Prune(step)
+
+    with pytest.raises(Prune):
+        run_experiment(make_cfg(ws_cache, *extra, f"trainer.output_dir={tmp_path}"), progress=False, on_eval=prune_at_1)
+
+
+def test_evaluation_scores_under_the_time_limit(ws_cache):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.reward_timeout_s=0.05", "eval.n_problems=4"))
+    faulty_verifier(trainer, hang_at={2}, raise_at={3})  # evaluation goes on, both scored wrong
+    metrics, records = trainer.evaluate()
+    assert metrics["eval/reward_timeouts"] == 1 and metrics["eval/reward_errors"] == 1
+    assert len(records) == 4 and records[1]["correct"] == [False] and records[2]["correct"] == [False]
+    trainer.close()
+
+
+def test_skipped_steps_are_counted_and_said(ws_cache, capsys):
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=1", "reward.dynamic_sampling=true",
+                               "reward.max_resample_rounds=2", "eval.n_problems=2"))
+    history = trainer.fit(progress=False)
+    assert trainer.skipped_steps == 1 and history[0]["train/skipped"] == 1.0
+    err = capsys.readouterr().err
+    assert "step 1 skipped" in err and "no step learned anything" in err

@@ -40,6 +40,20 @@ def test_missing_vllm_names_the_install_command(monkeypatch):
         vllm_engine.VLLMEngine("/nonexistent")
 
 
+def test_vllm_options_are_the_engine_config_with_one_set_of_defaults():
+    from treepo_lab.engines import vllm_engine
+    from treepo_lab.engines.config import EngineConfig
+
+    cpu, gpu = (vllm_engine.resolve_options(EngineConfig(name="vllm"), g) for g in (False, True))
+    assert (cpu.dtype, cpu.block_size, cpu.enforce_eager) == ("float32", 32, True)
+    assert (gpu.dtype, gpu.block_size, gpu.enforce_eager) == ("bfloat16", 16, False)
+    explicit = EngineConfig(name="vllm", dtype="float16", block_size=64, enforce_eager=True)
+    assert vllm_engine.resolve_options(explicit, True) == explicit  # an explicit value is never replaced
+    # the builder takes EngineConfig fields and nothing else: a device is not an engine setting
+    with pytest.raises(TypeError, match="device"):
+        vllm_engine.build("/nonexistent", _tokenizer(), device="cpu")
+
+
 def _tokenizer():
     from treepo_lab.models.tokenizer import build_char_tokenizer
 
@@ -78,14 +92,15 @@ class _Masked(torch.nn.Module):
 def setup(tmp_path_factory):
     if not HAS_VLLM:
         pytest.skip("vLLM is not installed")
-    from treepo_lab.engines.vllm_engine import VLLMEngine, VLLMOptions
+    from treepo_lab.engines.config import EngineConfig
+    from treepo_lab.engines.vllm_engine import VLLMEngine
 
     tok = _tokenizer()
     model = _tiny_model(tok)
     path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    engine = VLLMEngine(path, VLLMOptions(n_logprobs=-1, max_model_len=512))  # -1: exact entropies
+    engine = VLLMEngine(path, EngineConfig(name="vllm", n_logprobs=-1, max_model_len=512))  # -1: exact entropies
     return engine, model, tok
 
 

@@ -1,46 +1,49 @@
 """`treepo-lab`: the command line. Every command takes Hydra overrides (key=value, +key=value, ...).
 
-A user mistake (unknown experiment, bad override or value, missing file) prints one readable line and a
-hint, and exits with status 2; a bug still shows its traceback.
+`treepo-lab <command> --help` explains a command. A user mistake (unknown experiment, bad override or
+value, missing file) prints one readable line and a hint that fits it, and exits with status 2; a bug
+still shows its traceback. Quiet by default (no MLflow INFO lines, no transformers bars); `-v` anywhere
+on the line brings other libraries' output back.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
-USAGE = """usage: treepo-lab <command> [experiment=<name>] [key=value ...]
+from treepo_lab.cli_output import (UserError, configure_output, hint_for, print_eval, print_rollout, print_summary,
+                                   print_warmstart, user_error_line)
+
+USAGE = """usage: treepo-lab [-v] <command> [experiment=<name>] [key=value ...]
 
 commands:
-  demo       warm-start the embedded model, train TreePO on it for a few minutes, log to MLflow
-  list       the registered experiments (experiments/*.yaml) with one-line descriptions
-  show       the resolved config of an experiment:  show experiment=treepo_fixed_init sampler.width=8
-  train      train an experiment:  train experiment=grpo trainer.steps=100 seed=1
-  warmstart  build (or reuse from the cache) the warm-started embedded model:  warmstart warmstart.steps=800
-  eval       evaluate a model or checkpoint on the held-out split:
-             eval checkpoint=runs/<run>/checkpoints/step-000060 eval.k=16 eval.temperature=1.0
-  rollout    sample trees and write them as JSON:  rollout n_prompts=4 out=trees.json sampler.width=8
-  resume     continue a run from its latest checkpoint:  resume <MLflow run id | run dir | checkpoint dir>
+{commands}
 
-Overrides use Hydra's grammar (sampler.width=8, model.path=Qwen/Qwen2.5-0.5B, ~key, +key=value).
-Runs log to MLflow (default sqlite:///mlflow.db here; see README); checkpoints go to runs/<run name>/."""
-
-OWN_KEYS = ("experiment", "checkpoint", "out", "n_prompts")
+`treepo-lab <command> --help` for one command. Overrides use Hydra's grammar (sampler.width=8,
+model.path=Qwen/Qwen2.5-0.5B, ~key, +key=value); `treepo-lab show` prints every key.
+-v / --verbose shows other libraries' logs and progress bars (MLflow, transformers).
+Runs log to MLflow (default sqlite:///mlflow.db here; `treepo-lab ui` opens it); checkpoints go to runs/<run name>/."""
 
 
-class UserError(Exception):
-    """A mistake in what the user typed or pointed at: one line, no traceback."""
+@dataclass(frozen=True)
+class Command:
+    run: object  # fn(own: dict, overrides: list[str], raw: list[str])
+    summary: str
+    usage: str
+    details: str
+    own: tuple[str, ...] = ("experiment",)  # key=value arguments the command reads itself
+    overrides: bool = True  # takes Hydra overrides
 
 
-def _split(args: list[str]) -> tuple[dict[str, str], list[str]]:
+def _split(args: list[str], cmd: Command) -> tuple[dict[str, str], list[str]]:
     own, overrides = {}, []
     for a in args:
         key = a.split("=", 1)[0]
-        if "=" in a and key in OWN_KEYS:
+        if "=" in a and key in cmd.own:
             own[key] = a.split("=", 1)[1]
-        elif a.startswith("-"):
-            raise UserError(f"unknown option {a!r}; options are written key=value (see treepo-lab --help)")
+        elif a.startswith("-") and not a.startswith(("~", "+")):
+            raise UserError(f"unknown option {a!r}; options are written key=value", "treepo-lab <command> --help")
+        elif not cmd.overrides:
+            raise UserError(f"unexpected argument {a!r}", f"usage: {cmd.usage}")
         else:
             overrides.append(a)
     return own, overrides
@@ -52,7 +55,9 @@ def _load(own: dict, overrides: list[str], default: str = "default"):
     return load_config(own.get("experiment", default), overrides)
 
 
-def cmd_list(args):
+# ------------------------------------------------------------------------------------------- commands
+
+def cmd_list(own, overrides, raw):
     from treepo_lab.config import list_experiments
 
     exps = list_experiments()
@@ -61,214 +66,210 @@ def cmd_list(args):
         print(f"{name:<{width}}  {desc}")
 
 
-def cmd_show(args):
+def cmd_show(own, overrides, raw):
     from treepo_lab.config import to_yaml
 
-    own, overrides = _split(args)
     print(to_yaml(_load(own, overrides)), end="")
 
 
-def cmd_train(args):
+def cmd_train(own, overrides, raw, default="default"):
     from treepo_lab.train.run import run_experiment
 
-    own, overrides = _split(args)
-    cfg = _load(own, overrides)
+    cfg = _load(own, overrides, default)
     trainer, history = run_experiment(cfg)
-    _summary(trainer, history)
+    print_summary(trainer, history)
 
 
-def cmd_resume(args):
+def cmd_resume(own, overrides, raw):
     from treepo_lab.train.run import resume
 
-    if not args or "=" in args[0]:
-        raise UserError("resume needs a run id, run directory or checkpoint: treepo-lab resume <ref> [key=value ...]")
-    trainer, history = resume(args[0], args[1:])
-    _summary(trainer, history)
+    if not raw or "=" in raw[0]:
+        raise UserError("resume needs a run id, run directory or checkpoint first", f"usage: {COMMANDS['resume'].usage}")
+    trainer, history = resume(raw[0], raw[1:])
+    print_summary(trainer, history)
 
 
-def cmd_warmstart(args, default="default"):
+def cmd_warmstart(own, overrides, raw, default="default"):
     from treepo_lab.config import warmstart_config
     from treepo_lab.models.warmstart import warmstart
 
-    own, overrides = _split(args)
     cfg = _load(own, overrides, default)
     if cfg.model.path is not None:
+        print(f"model.path={cfg.model.path}: a given model needs no warm start")
         return
-    path = warmstart(warmstart_config(cfg))
-    info = json.loads((path / "warmstart.json").read_text())
-    print(f"warm-started model: {path}")
-    for k in ("train_s", "greedy_accuracy", "mixed_fraction_16", "sample_accuracy_t1", "eval_problems"):
-        if k in info:
-            print(f"  {k}: {info[k]}")
+    print_warmstart(warmstart(warmstart_config(cfg)))
 
 
 def _model_dir(own: dict, cfg) -> str:
+    from treepo_lab.config import warmstart_config
     from treepo_lab.models.load import resolve_model
     from treepo_lab.train.run import find_checkpoint
 
     if "checkpoint" in own:
         return str(find_checkpoint(own["checkpoint"]) / "model")
-    from treepo_lab.config import warmstart_config
-
     return resolve_model(cfg.model, warmstart_config(cfg))
 
 
 def _engine_for(cfg, model_dir):
     from treepo_lab.engines.factory import build_engine
     from treepo_lab.models.load import load_model_and_tokenizer
+    from treepo_lab.train.progress import setup_step
 
-    model, tok = load_model_and_tokenizer(model_dir, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
-    return build_engine(cfg.engine.name, model_dir if cfg.engine.name == "vllm" else model, tok,
-                        **vars(cfg.engine)), tok
+    with setup_step(f"loading {model_dir}"):
+        model, tok = load_model_and_tokenizer(model_dir, cfg.model.dtype, cfg.model.device,
+                                              cfg.model.trust_remote_code)
+    with setup_step(f"starting the {cfg.engine.name} engine"):
+        engine = build_engine(cfg.engine.name, model_dir if cfg.engine.name == "vllm" else model, tok,
+                              **vars(cfg.engine))
+    return engine, tok
 
 
-def cmd_eval(args):
-    from treepo_lab.tasks.config import build_task
+def cmd_eval(own, overrides, raw):
+    from treepo_lab.tasks.build import build_task
     from treepo_lab.train.evaluate import evaluate
+    from treepo_lab.train.progress import eval_progress
 
-    own, overrides = _split(args)
     cfg = _load(own, overrides)
     model_dir = _model_dir(own, cfg)
     engine, tok = _engine_for(cfg, model_dir)
     task = build_task(cfg.task)
     problems = task.held_out()[: cfg.eval.n_problems]
-    metrics, records = evaluate(engine, tok, task, problems, cfg.eval, cfg.sampler,
-                                lambda s: tok(s)["input_ids"], lambda ids: tok.decode(ids, skip_special_tokens=True),
-                                seed=cfg.seed)
-    print(f"model: {model_dir}")
-    for k, v in metrics.items():
-        print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
-    _samples(records, 3)
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
+    with eval_progress(len(problems)) as bar:
+        metrics, records = evaluate(engine, tok, task, problems, cfg.eval, cfg.sampler, lambda s: tok(s)["input_ids"],
+                                    decode, seed=cfg.seed, progress=bar.update,
+                                    reward_timeout_s=cfg.trainer.reward_timeout_s)
+    print_eval(model_dir, metrics, records)
 
 
-def cmd_rollout(args):
+def cmd_rollout(own, overrides, raw):
     import numpy as np
 
+    from treepo_lab.algo.reward import score_leaves
+    from treepo_lab.algo.scoring import Scorer
     from treepo_lab.rollout.sampler import build_sampler
     from treepo_lab.rollout.tree import trees_to_json
-    from treepo_lab.tasks.config import build_task
+    from treepo_lab.tasks.build import build_task
+    from treepo_lab.train.progress import setup_step
 
-    own, overrides = _split(args)
     cfg = _load(own, overrides)
-    n = int(own.get("n_prompts", 4))
+    try:
+        n = int(own.get("n_prompts", 4))
+    except ValueError:
+        n = 0
     if n < 1:
-        raise UserError(f"n_prompts={n} is not allowed: an integer >= 1")
+        raise UserError(f"n_prompts={own.get('n_prompts')!r} is not allowed: an integer >= 1",
+                        f"usage: {COMMANDS['rollout'].usage}")
     model_dir = _model_dir(own, cfg)
     engine, tok = _engine_for(cfg, model_dir)
     task = build_task(cfg.task)
     problems = task.sample(n, np.random.default_rng(cfg.seed))
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
     sampler = build_sampler(cfg.sampler, engine, decode, tok.eos_token_id)
-    result = sampler.rollout([tok(p.prompt)["input_ids"] for p in problems], seed=cfg.seed)
-    for tree, p in zip(result.trees, problems):
-        tree.prompt_text, tree.answer = p.prompt, p.answer
+    with setup_step(f"sampling {n} trees"):
+        result = sampler.rollout([tok(p.prompt)["input_ids"] for p in problems], seed=cfg.seed)
+    with Scorer(task, decode, cfg.trainer.reward_timeout_s) as scorer:  # the reward training would give
+        score_leaves(result.trees, problems, scorer, cfg.reward, cfg.sampler.max_response_len)
+    for tree in result.trees:
         tree.meta.update({"model_path": model_dir, "temperature": cfg.sampler.temperature,
                           "top_p": cfg.sampler.top_p, "top_k": cfg.sampler.top_k, "seed": cfg.seed})
-        for leaf in tree.leaves:
-            sc = task.score(decode(tree.response_tokens(leaf)), p)
-            leaf.reward, leaf.correct = sc.reward, sc.correct
-    out = Path(own.get("out", "trees.json"))
+    out = own.get("out", "trees.json")
     trees_to_json(result.trees, out)
-    print(f"wrote {len(result.trees)} trees to {out}")
-    for k, v in sorted(result.metrics().items()):
-        print(f"  {k}: {v:.4g}")
+    print_rollout(result, out)
 
 
-def cmd_demo(args):
-    from treepo_lab.train.run import run_experiment
-
-    cmd_warmstart(args, default="demo")  # the embedded model and its held-out accuracy before RL
-    own, overrides = _split(args)
-    cfg = _load(own, overrides, default="demo")
-    trainer, history = run_experiment(cfg)
-    _summary(trainer, history)
+def cmd_demo(own, overrides, raw):
+    cmd_warmstart(own, overrides, raw, default="demo")  # the embedded model and its held-out accuracy before RL
+    cmd_train(own, overrides, raw, default="demo")
 
 
-def _samples(records, n):
-    for r in records[:n]:
-        ok = "right" if r["correct"][0] else "wrong"
-        print(f"--- {r['prompt'].strip()}  (answer {r['answer']}, {ok})\n{r['responses'][0]}")
+def cmd_ui(own, overrides, raw):
+    from treepo_lab import cli_output
+    from treepo_lab.track.ui import serve_ui
+
+    cfg = _load(own, overrides)
+    try:
+        port = int(own.get("port", 5000))
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise UserError(f"port={own.get('port')!r} is not allowed: an integer in 1..65535", "treepo-lab ui port=5001")
+    serve_ui(cfg.tracking.resolved_uri(), port, verbose=cli_output.VERBOSE)
 
 
-def _summary(trainer, history):
-    evals = [h for h in history if "eval/accuracy" in h]
-    if evals:
-        first, last = evals[0], evals[-1]
-        print(f"held-out accuracy: {first['eval/accuracy']:.3f} (step {int(first['train/step'])}) -> "
-              f"{last['eval/accuracy']:.3f} (step {int(last['train/step'])}) on {int(last['eval/n_problems'])} problems")
-    steps = [h for h in history if "cumulative/rollout/decoded_tokens" in h]
-    if steps:
-        s = steps[-1]
-        print(f"decoded tokens: {s['cumulative/rollout/decoded_tokens']:.0f}, "
-              f"token saving vs independent sampling: {s.get('cumulative/rollout/token_saving', 0):.1%}, "
-              f"wall: {s['time/wall_s']:.0f} s")
-    if trainer.last_eval_records:
-        _samples(trainer.last_eval_records, 3)
-    tracker = trainer.tracker
-    if getattr(tracker, "run_id", None):
-        print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.tracking_uri}")
-        uri = tracker.tracking_uri
-        print(f"open the UI:  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} "
-              f"--port 5000   then browse http://127.0.0.1:5000")
-    if trainer.run_dir:
-        print(f"checkpoints: {trainer.run_dir / 'checkpoints'}")
-
-
-HINTS = {
-    "show": "treepo-lab list names the experiments; treepo-lab show experiment=<name> key=value checks a config",
-    "resume": "treepo-lab resume <MLflow run id | runs/<run> | runs/<run>/checkpoints/step-NNNNNN>",
-    "eval": "checkpoint= takes a checkpoint dir, a run dir or an MLflow run id; model.path= any HF model dir",
-    "rollout": "treepo-lab rollout n_prompts=4 out=trees.json [model.path=<HF dir>] [sampler.key=value ...]",
+COMMANDS = {
+    "demo": Command(cmd_demo, "warm-start the embedded model, train TreePO on it for a few minutes, log to MLflow",
+                    "treepo-lab demo [key=value ...]",
+                    "Runs `warmstart` and then `train experiment=demo` (60 steps, about 3 minutes on 2 cores)."),
+    "list": Command(cmd_list, "the registered experiments (experiments/*.yaml) with one-line descriptions",
+                    "treepo-lab list", "Takes no arguments.", own=(), overrides=False),
+    "show": Command(cmd_show, "the resolved config of an experiment, every key with its value",
+                    "treepo-lab show [experiment=<name>] [key=value ...]",
+                    "e.g. treepo-lab show experiment=treepo_more_init sampler.width=8   (validates, computes nothing)"),
+    "train": Command(cmd_train, "train an experiment, log it to MLflow, write checkpoints",
+                     "treepo-lab train [experiment=<name>] [key=value ...]",
+                     "e.g. treepo-lab train experiment=grpo trainer.steps=100 seed=1\n"
+                     "     treepo-lab train experiment=seg_4x32 tracking.experiment_name=segments"),
+    "warmstart": Command(cmd_warmstart, "build (or reuse from the cache) the warm-started embedded model",
+                         "treepo-lab warmstart [experiment=<name>] [warmstart.key=value ...]",
+                         "e.g. treepo-lab warmstart warmstart.steps=800   (cached under ~/.cache/treepo_lab/warmstart)"),
+    "eval": Command(cmd_eval, "evaluate a model or checkpoint on the held-out split",
+                    "treepo-lab eval [checkpoint=<dir | run dir | MLflow run id>] [key=value ...]",
+                    "e.g. treepo-lab eval checkpoint=runs/<run>/checkpoints/step-000060 eval.k=16 eval.temperature=1.0\n"
+                    "     treepo-lab eval eval.sampler=tree eval.k=16 eval.temperature=1.0   (test-time tree sampling)",
+                    own=("experiment", "checkpoint")),
+    "rollout": Command(cmd_rollout, "sample trees, write them as JSON, print a short table",
+                       "treepo-lab rollout [n_prompts=4] [out=trees.json] [checkpoint=...] [key=value ...]",
+                       "e.g. treepo-lab rollout n_prompts=4 out=trees.json sampler.width=8",
+                       own=("experiment", "checkpoint", "out", "n_prompts")),
+    "resume": Command(cmd_resume, "continue a run from its latest checkpoint",
+                      "treepo-lab resume <MLflow run id | runs/<run> | runs/<run>/checkpoints/step-NNNNNN> [key=value ...]",
+                      "The run continues in the same MLflow run, with the config it was started with.", own=()),
+    "ui": Command(cmd_ui, "the MLflow UI on the project's store (127.0.0.1, one worker); prints the URL",
+                  "treepo-lab ui [port=5000] [tracking.tracking_uri=...]",
+                  "Serves the store runs log to (tracking.tracking_uri, $MLFLOW_TRACKING_URI or ./mlflow.db) until Ctrl-C.",
+                  own=("experiment", "port")),
 }
 
-COMMANDS = {"demo": cmd_demo, "list": cmd_list, "show": cmd_show, "train": cmd_train, "warmstart": cmd_warmstart,
-            "eval": cmd_eval, "rollout": cmd_rollout, "resume": cmd_resume}
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    return USAGE.format(commands="\n".join(f"  {n:<{width}}  {c.summary}" for n, c in COMMANDS.items()))
+
+
+def command_help(name: str) -> str:
+    c = COMMANDS[name]
+    return f"usage: {c.usage}\n\n{c.summary[0].upper() + c.summary[1:]}.\n{c.details}"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage() if len(argv) < 2 or argv[1] not in COMMANDS else command_help(argv[1]))
         return 0
-    cmd, args = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        print(f"treepo-lab: unknown command {cmd!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"treepo-lab: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         print("hint: treepo-lab --help", file=sys.stderr)
         return 2
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if any(a in ("-h", "--help") for a in args):
+        print(command_help(name))
+        return 0
+    configure_output(verbose)
+    cmd = COMMANDS[name]
     try:
-        COMMANDS[cmd](args)
+        own, overrides = _split(args, cmd) if name != "resume" else ({}, [])
+        cmd.run(own, overrides, args)
     except Exception as err:  # user mistakes: one line + hint; anything else is a bug: traceback
         line = user_error_line(err)
         if line is None:
             raise
-        print(f"treepo-lab {cmd}: {line}", file=sys.stderr)
-        print(f"hint: {HINTS.get(cmd, HINTS['show'])}", file=sys.stderr)
+        print(f"treepo-lab {name}: {line}", file=sys.stderr)
+        print(f"hint: {hint_for(name, err, line)}", file=sys.stderr)
         return 2
     return 0
-
-
-def user_error_line(err: BaseException) -> str | None:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from treepo_lab.registry import ConfigError
-    from treepo_lab.track.mlflow_tracker import TrackingError
-
-    if isinstance(err, (UserError, ConfigError, TrackingError, FileNotFoundError)):
-        return str(err)
-    import yaml
-
-    if isinstance(err, yaml.YAMLError):
-        return f"a YAML file is malformed: {' '.join(str(err).split())}"
-    if isinstance(err, (HydraException, OmegaConfBaseException)):
-        # Hydra's messages are long; the first line names the bad override or key
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()][:2]
-        cause = err.__cause__
-        if cause is not None and str(cause).strip():
-            lines.append(str(cause).strip().splitlines()[0])  # e.g. why a value could not be converted
-        return " ".join(lines)
-    return None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 Every section is a dataclass registered in Hydra's ConfigStore (`base`), so every field has a type,
 a default and a comment where it is defined. `load_config(name, overrides)` composes a registry
 experiment with command-line overrides and validates everything before any compute starts.
+
+Layering: each `*/config.py` holds data and value checks only. This module is the one place where the
+names a config chooses are checked against their registries (`check_names`), and where the rules
+that span sections live. Nothing imported here imports torch: the registries of torch code
+(estimators, losses, engines) are declared by import path (treepo_lab/registry.py).
 """
 from __future__ import annotations
 
@@ -16,12 +21,20 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from treepo_lab.algo.config import AdvantageConfig, LossConfig, RewardConfig, needs_tree
+from treepo_lab.algo.config import AdvantageConfig, LossConfig, RewardConfig
+from treepo_lab.algo.registries import ESTIMATORS, POLICY_LOSSES, needs_tree
 from treepo_lab.engines.config import EngineConfig
+from treepo_lab.engines.factory import ENGINES
 from treepo_lab.models.config import ModelConfig, WarmstartConfig
+from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
+from treepo_lab.rollout import config as sampler_config
 from treepo_lab.rollout.config import SamplerConfig
-from treepo_lab.rollout.config import validate as validate_sampler
+from treepo_lab.rollout.divergence import BUDGETS, DIV_POLICIES, INIT_DIVS, TEMP_SCHEDULES
+from treepo_lab.rollout.fallback import CANDIDATE_POLICIES, CUT_POLICIES
+from treepo_lab.rollout.sampler import SAMPLERS
+from treepo_lab.rollout.stopping import STOP_RULES
+from treepo_lab.tasks.build import check_task_names
 from treepo_lab.tasks.config import TaskConfig
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.train.config import EvalConfig, TrainerConfig
@@ -75,6 +88,7 @@ def compose_config(name: str = "default", overrides: list[str] | None = None) ->
     known = list_experiments()
     if name not in known:
         raise ConfigError("experiment", name, f"one of {', '.join(known) or '(no experiments found)'}")
+    check_override_keys(ExperimentConfig, list(overrides or []))  # sampler.widht=8: did you mean width?
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(experiments_dir()), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides or []))
@@ -86,33 +100,83 @@ def to_object(cfg: DictConfig | ExperimentConfig) -> ExperimentConfig:
     return OmegaConf.to_object(cfg)
 
 
+def check_sampler_names(s: SamplerConfig, prefix: str = "sampler.") -> None:
+    """Every registered name a sampler config chooses."""
+    for registry, name, key in [
+        (SAMPLERS, s.kind, "kind"),
+        (INIT_DIVS, s.init_div.kind, "init_div.kind"),
+        (BUDGETS, s.budget.kind, "budget.kind"),
+        (DIV_POLICIES, s.div_policy, "div_policy"),
+        (TEMP_SCHEDULES, s.div_temp_schedule.kind, "div_temp_schedule.kind"),
+        *[(STOP_RULES, rule, "stop_rules") for rule in s.stop_rules],
+        (CANDIDATE_POLICIES, s.fallback_candidates, "fallback_candidates"),
+        (CUT_POLICIES, s.fallback_cut, "fallback_cut"),
+    ]:
+        registry.check(name, prefix + key)
+
+
+def validate_sampler(s: SamplerConfig, prefix: str = "sampler.") -> SamplerConfig:
+    """Values and names of a sampler config; returns it with max_depth and segment_len filled in."""
+    s = sampler_config.validate(s, prefix)
+    check_sampler_names(s, prefix)
+    return s
+
+
+def check_names(cfg: ExperimentConfig) -> None:
+    """Every registered name in the config, checked against its registry (the one place that does)."""
+    check_sampler_names(cfg.sampler)
+    ESTIMATORS.check(cfg.advantage.estimator, "advantage.estimator")
+    POLICY_LOSSES.check(cfg.loss.name, "loss.name")
+    ENGINES.check(cfg.engine.name, "engine.name")
+    SAMPLERS.check(cfg.eval.sampler, "eval.sampler")
+    check_task_names(cfg.task)
+    check_task_names(cfg.warmstart.task, "warmstart.task")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check every section and the cross-field rules; raise ConfigError on the first bad value."""
-    for section in (cfg.model, cfg.warmstart, cfg.task, cfg.engine, cfg.advantage, cfg.loss, cfg.reward,
-                    cfg.trainer, cfg.eval, cfg.tracking):
+    """Check every section, every name and the cross-field rules; raise ConfigError on the first bad
+    value. Returns the config with the sampler's shape resolved (max_depth, segment_len filled in)."""
+    for key, seed in (("seed", cfg.seed), ("sampler.seed", cfg.sampler.seed), ("task.seed", cfg.task.seed),
+                      ("warmstart.seed", cfg.warmstart.seed)):
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(key, seed, "an integer >= 0")
+    cfg = dataclasses.replace(cfg, sampler=sampler_config.validate(cfg.sampler))
+    for section in (cfg.model, cfg.warmstart, cfg.task, cfg.engine, cfg.advantage, cfg.loss, cfg.trainer,
+                    cfg.eval, cfg.tracking):
         section.validate()
-    validate_sampler(cfg.sampler)
+    cfg.reward.validate(cfg.sampler.max_response_len)
+    check_names(cfg)
     if needs_tree(cfg.advantage.estimator) and cfg.sampler.kind != "tree":
+        plain = ", ".join(n for n in ESTIMATORS.names() if not needs_tree(n))
         raise ConfigError("advantage.estimator", cfg.advantage.estimator,
-                          f"an estimator without tree structure (grpo, rloo, reinforce_pp_baseline) "
+                          f"an estimator without tree structure ({plain}) "
                           f"when sampler.kind={cfg.sampler.kind!r}; or set sampler.kind=tree")
     if cfg.sampler.width < 2:
         raise ConfigError("sampler.width", cfg.sampler.width, "an integer >= 2 for training (a group of 1 has no baseline)")
-    if cfg.engine.name == "vllm" and cfg.sampler.max_response_len >= cfg.engine.max_model_len:
+    if cfg.engine.name == "vllm":
+        _check_vllm(cfg)
+    if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
+        raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
+    return cfg
+
+
+def _check_vllm(cfg: ExperimentConfig) -> None:
+    # null max_model_len is the model's own limit: known here for the embedded model only
+    limit = cfg.engine.max_model_len
+    if limit is None and cfg.model.path is None:
+        limit = cfg.warmstart.tiny.max_positions
+    if limit is not None and cfg.sampler.max_response_len >= limit:
         raise ConfigError("sampler.max_depth", cfg.sampler.max_depth,
-                          f"max_depth*segment_len={cfg.sampler.max_response_len} below engine.max_model_len="
-                          f"{cfg.engine.max_model_len} minus the prompt length")
-    if cfg.engine.name == "vllm" and cfg.model.path is None:
+                          f"max_depth*segment_len={cfg.sampler.max_response_len} below the engine's max_model_len="
+                          f"{limit} minus the prompt length")
+    if cfg.model.path is None:
         tiny = cfg.warmstart.tiny
         if tiny.hidden_size // tiny.num_heads < 32:
             raise ConfigError("warmstart.tiny.num_heads", tiny.num_heads,
                               f"at most hidden_size/32={tiny.hidden_size // 32}: vLLM's CPU attention needs head_dim >= 32")
-    if cfg.engine.name == "vllm" and cfg.sampler.div_policy == "entropy_weighted_div" and cfg.engine.n_logprobs != -1:
+    if cfg.sampler.div_policy == "entropy_weighted_div" and cfg.engine.n_logprobs != -1:
         raise ConfigError("engine.n_logprobs", cfg.engine.n_logprobs,
                           "-1 with sampler.div_policy=entropy_weighted_div on vLLM (exact entropies need the full distribution)")
-    if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
-        raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
-    return cfg
 
 
 def warmstart_config(cfg: ExperimentConfig) -> WarmstartConfig:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from treepo_lab.algo.config import AdvantageConfig
-from treepo_lab.registry import Registry
+from treepo_lab.algo.registries import ESTIMATORS
 from treepo_lab.rollout.tree import Tree
 
 Runs = list[tuple[float, int]]  # (advantage value, number of tokens it covers), in response order
@@ -29,28 +28,9 @@ Path = tuple[int, ...]
 
 
 @dataclass
-class Estimator:
-    fn: Callable  # (trees, rewards, cfg) -> (runs[t][i], raw[t][i])
-    whiten: bool  # default of AdvantageConfig.whiten
-    needs_tree: bool
-
-
-ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
-
-
-def register(name: str, whiten: bool, needs_tree: bool):
-    def deco(fn):
-        ESTIMATORS.register(name)(Estimator(fn, whiten, needs_tree))
-        return fn
-
-    return deco
-
-
-@dataclass
 class AdvantageResult:
     token_adv: list[list[torch.Tensor]]  # [tree][leaf] float32, length = leaf response length
     raw: list[list[float]]  # [tree][leaf] per-leaf scalar before whitening (see each estimator)
-    segment_adv: list[list[list[float]]]  # [tree][leaf][segment] final value per segment (inspection)
 
     def flat(self) -> list[torch.Tensor]:
         """Token advantages of all leaves, tree-major (the order the trainer stacks leaves in)."""
@@ -60,13 +40,10 @@ class AdvantageResult:
 def compute_advantages(trees: list[Tree], rewards: list[list[float]], cfg: AdvantageConfig) -> AdvantageResult:
     if len(rewards) != len(trees) or any(len(r) != len(t.leaves) for r, t in zip(rewards, trees)):
         raise ValueError("rewards must be a list per tree with one reward per leaf (aligned with tree.leaves)")
-    est = ESTIMATORS.get(cfg.estimator, "advantage.estimator")
-    runs, raw = est.fn(trees, rewards, cfg)
-    if est.whiten if cfg.whiten is None else cfg.whiten:
+    runs, raw = ESTIMATORS.get(cfg.estimator, "advantage.estimator")(trees, rewards, cfg)
+    if ESTIMATORS.info(cfg.estimator)["whiten"] if cfg.whiten is None else cfg.whiten:
         runs = whiten_runs(runs)
-    token_adv = _expand(runs)
-    segment_adv = [[_per_segment(r, lf) for r, lf in zip(per_tree, t.leaves)] for per_tree, t in zip(runs, trees)]
-    return AdvantageResult(token_adv, raw, segment_adv)
+    return AdvantageResult(_expand(runs), raw)
 
 
 def annotate_leaves(trees: list[Tree], rewards: list[list[float]], result: AdvantageResult, estimator: str) -> None:
@@ -106,14 +83,6 @@ def _expand(runs: list[list[Runs]]) -> list[list[torch.Tensor]]:
     return [[next(pieces) for _ in per_tree] for per_tree in runs]
 
 
-def _per_segment(runs: Runs, leaf) -> list[float]:
-    """One value per segment: an outcome run (one for the whole response) repeats on every segment."""
-    n_seg = len(leaf.node_path)
-    if len(runs) == n_seg:
-        return [v for v, _ in runs]
-    return [runs[0][0]] * n_seg
-
-
 def _outcome_runs(trees: list[Tree], values: list[list[float]]) -> list[list[Runs]]:
     """One run per leaf: the scalar broadcast over the whole response."""
     return [[[(v, sum(t.segment_lengths(lf)))] for v, lf in zip(vals, t.leaves)] for t, vals in zip(trees, values)]
@@ -133,7 +102,7 @@ def _paths(tree: Tree) -> list[Path]:
 
 
 # ---- outcome estimators (prompt-level groups) -----------------------------------------------------
-@register("grpo", whiten=False, needs_tree=False)
+@ESTIMATORS.implements("grpo")
 def grpo(trees, rewards, cfg):
     """(R - mean) / (std + 1e-6) per prompt, unbiased std (§2.1). Singleton: mean 0, std 1.
 
@@ -146,7 +115,7 @@ def grpo(trees, rewards, cfg):
     return _outcome_runs(trees, raw), raw
 
 
-@register("rloo", whiten=False, needs_tree=False)
+@ESTIMATORS.implements("rloo")
 def rloo(trees, rewards, cfg):
     """R_i - mean of the other leaves of the prompt. Singleton: baseline 0 (verl)."""
     raw = []
@@ -156,7 +125,7 @@ def rloo(trees, rewards, cfg):
     return _outcome_runs(trees, raw), raw
 
 
-@register("reinforce_pp_baseline", whiten=True, needs_tree=False)
+@ESTIMATORS.implements("reinforce_pp_baseline")
 def reinforce_pp_baseline(trees, rewards, cfg):
     """R - prompt mean (singleton: mean 0), then global token whitening. raw = R - mean."""
     raw = [[r - (_mean(rs) if len(rs) > 1 else 0.0) for r in rs] for rs in rewards]
@@ -164,7 +133,7 @@ def reinforce_pp_baseline(trees, rewards, cfg):
 
 
 # ---- treepo: nested subgroup baselines (§2.3) ------------------------------------------------------
-@register("treepo", whiten=True, needs_tree=True)
+@ESTIMATORS.implements("treepo")
 def treepo(trees, rewards, cfg):
     """A_i = aggregate over levels j of (R_i - mean of the leaves sharing i's first j subgroup ids).
 
@@ -259,7 +228,7 @@ def _modified_rewards(paths: list[Path], rs: list[float]) -> list[float]:
     return out
 
 
-@register("tree_segment", whiten=True, needs_tree=True)
+@ESTIMATORS.implements("tree_segment")
 def tree_segment(trees, rewards, cfg):
     """Per segment j of leaf i (n segments): V(node_j) - V(parent_j) (or - eta^(n-j) V(parent_j)).
 
@@ -284,7 +253,7 @@ def tree_segment(trees, rewards, cfg):
     return runs, raw
 
 
-@register("spo", whiten=False, needs_tree=True)
+@ESTIMATORS.implements("spo")
 def spo(trees, rewards, cfg):
     """Per segment: z(node) - z(parent), z(root) = 0.
 

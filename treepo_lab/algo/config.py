@@ -2,8 +2,9 @@
 
 Names follow TREEPO_SPEC.md §7.2-7.4; the official key is given in each comment. Every value is
 checked by `validate()` (a `ConfigError` names the key, the value and what is allowed) before any
-compute starts. Fields that do not apply to the chosen estimator are ignored, not rejected, so one
-sweep can vary them freely.
+compute starts; the names (estimator, loss) are checked against their registries in one place,
+treepo_lab/config.py. Fields that do not apply to the chosen estimator are ignored, not rejected, so
+one sweep can vary them freely.
 """
 from __future__ import annotations
 
@@ -15,13 +16,6 @@ AGGREGATIONS = ("average", "group_size")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k3", "low_var_kl")
 REWARD_SCALES = ("pm1", "01")
-
-
-def needs_tree(estimator: str) -> bool:
-    """True if `estimator` reads the tree structure (so sequential rollouts would degenerate it)."""
-    from treepo_lab.algo.advantage import ESTIMATORS  # lazy: advantage.py imports this module
-
-    return ESTIMATORS.get(estimator, "advantage.estimator").needs_tree
 
 
 @dataclass
@@ -49,7 +43,6 @@ class AdvantageConfig:
     whiten: bool | None = None
 
     def validate(self) -> None:
-        needs_tree(self.estimator)  # raises ConfigError with the valid names
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError("advantage.aggregation", self.aggregation, f"one of {', '.join(AGGREGATIONS)}")
         if not isinstance(self.max_subgroup_depth, int):
@@ -69,23 +62,22 @@ class LossConfig:
     dual_clip_c: float | None = 10.0
     # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm (`loss_agg_mode`)
     loss_agg_mode: str = "token-mean"
-    # horizon H of seq-mean-token-sum-norm: loss = sum / (n_seqs * H). <= 0: the padded width of the
-    # batch; set it to the max response length for a constant (Dr.GRPO) normaliser
-    norm_horizon: int = 0
+    # horizon H of seq-mean-token-sum-norm: loss = sum / (n_seqs * H); null = the max response length
+    # d*l (sampler.max_depth * sampler.segment_len), a constant (Dr.GRPO) normaliser
+    norm_horizon: int | None = None
     kl_coef: float = 0.0  # KL-to-reference loss weight (`kl_loss_coef`; use_kl_loss = kl_coef > 0)
     kl_type: str = "low_var_kl"  # k1 | k3 | low_var_kl (k3 and low_var_kl are the same estimator)
     entropy_coef: float = 0.0  # entropy bonus weight (`entropy_coeff`)
 
     def validate(self) -> None:
-        from treepo_lab.algo.loss import POLICY_LOSSES  # lazy, as in needs_tree
-
-        POLICY_LOSSES.get(self.name, "loss.name")
         if not 0 <= self.clip_low < 1:
             raise ConfigError("loss.clip_low", self.clip_low, "a number in [0, 1)")
         if not self.clip_high >= 0:
             raise ConfigError("loss.clip_high", self.clip_high, "a number >= 0")
         if self.dual_clip_c is not None and not isinstance(self.dual_clip_c, (int, float)):
             raise ConfigError("loss.dual_clip_c", self.dual_clip_c, "a number (> 1 on, <= 1 off) or null")
+        if self.norm_horizon is not None and (not isinstance(self.norm_horizon, int) or self.norm_horizon < 1):
+            raise ConfigError("loss.norm_horizon", self.norm_horizon, "an integer >= 1, or null for d*l")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise ConfigError("loss.loss_agg_mode", self.loss_agg_mode, f"one of {', '.join(LOSS_AGG_MODES)}")
         if self.kl_coef < 0:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 
 from treepo_lab.algo.config import LossConfig
-from treepo_lab.registry import Registry
-
-POLICY_LOSSES: Registry = Registry("policy loss")
+from treepo_lab.algo.registries import POLICY_LOSSES
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -26,9 +24,9 @@ def agg_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, horizon: int
     token-mean: sum over valid tokens / number of valid tokens (every token weighs the same).
     seq-mean-token-sum: mean over sequences of each sequence's token sum.
     seq-mean-token-mean: mean over sequences of each sequence's token mean (every sequence the same).
-    seq-mean-token-sum-norm: sum over valid tokens / (n_seqs * H), H = `horizon` or, when None, the
-        padded width of the batch. Dr.GRPO wants a constant H (the max response length) so a
-        token's weight does not depend on how the batch happened to be padded.
+    seq-mean-token-sum-norm: sum over valid tokens / (n_seqs * H), H = `horizon` (required): a
+        constant (Dr.GRPO: the max response length), so a token's weight does not depend on how the
+        batch happened to be padded or cut into micro-batches.
     A "sequence" is a row with at least one valid token: fully masked rows (padding) are not
     averaged in, which would otherwise scale the loss by the padding fraction (or give NaN).
     """
@@ -43,7 +41,9 @@ def agg_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, horizon: int
     if mode == "seq-mean-token-mean":
         return (tok_sum / n_tok.clamp(min=1)).sum() / n_seq
     if mode == "seq-mean-token-sum-norm":
-        return tok_sum.sum() / (n_seq * (horizon if horizon else mask.shape[-1]))
+        if not horizon or horizon < 1:
+            raise ValueError(f"loss_agg_mode seq-mean-token-sum-norm needs a horizon >= 1, got {horizon!r}")
+        return tok_sum.sum() / (n_seq * horizon)
     raise ValueError(f"unknown loss_agg_mode {mode!r}")
 
 
@@ -59,20 +59,21 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.T
     raise ValueError(f"unknown kl_type {kind!r}")
 
 
-@POLICY_LOSSES.register("ppo")
+@POLICY_LOSSES.implements("ppo")
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-             cfg: LossConfig, ref_logp: torch.Tensor | None = None,
-             entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             cfg: LossConfig, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+             max_response_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate with clip-higher (eps_low, eps_high) and dual clip, + KL and entropy terms.
 
     per token: l = max(-A r, -A clip(r, 1-eps_low, 1+eps_high)); for A < 0 also l = min(l, -A c)
     (dual clip: a huge ratio on a bad token cannot blow the loss up). loss = agg(l)
     - entropy_coef * agg(entropy) + kl_coef * agg(kl(logp, ref)). `entropy` is the per-token entropy of
     the current policy (needed when entropy_coef > 0); `ref_logp` the reference policy's log-probs
-    (needed when kl_coef > 0). Either, when given, is also logged.
+    (needed when kl_coef > 0). Either, when given, is also logged. `max_response_len` (d*l) is the
+    horizon of seq-mean-token-sum-norm when `cfg.norm_horizon` is None (its documented meaning).
     """
     mask = mask.to(logp.dtype)
-    horizon = cfg.norm_horizon if cfg.norm_horizon > 0 else None
+    horizon = cfg.norm_horizon if cfg.norm_horizon is not None else max_response_len
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio.clamp(-20, 20))  # clamp: one stale token must not overflow exp
     loss_plain = -advantages * ratio

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 from treepo_lab.algo.config import RewardConfig
+from treepo_lab.algo.scoring import Scorer
 from treepo_lab.rollout.tree import Tree
-from treepo_lab.tasks.base import reward_for
+from treepo_lab.tasks.base import Problem, reward_for
 
 T = TypeVar("T")
 
@@ -35,6 +36,19 @@ def tree_rewards(trees: list[Tree], correct: list[list[bool]], cfg: RewardConfig
     _check_aligned(trees, correct)
     return [[shape_reward(bool(c), sum(t.segment_lengths(lf)), cfg, max_len) for c, lf in zip(cs, t.leaves)]
             for t, cs in zip(trees, correct)]
+
+
+def score_leaves(trees: list[Tree], problems: list[Problem], scorer: Scorer, cfg: RewardConfig,
+                 max_len: int) -> tuple[list[list[bool]], list[list[float]]]:
+    """Correctness (time-limited) and shaped reward of every leaf, also written onto the leaves (and the
+    problem onto its tree) for the logged / written trees. What training and `treepo-lab rollout` use."""
+    correct = scorer.score_trees(trees, problems)
+    rewards = tree_rewards(trees, correct, cfg, max_len)
+    for t, p, cs, rs in zip(trees, problems, correct, rewards):
+        t.prompt_text, t.answer = p.prompt, p.answer
+        for leaf, c, r in zip(t.leaves, cs, rs):
+            leaf.correct, leaf.reward = bool(c), float(r)
+    return correct, rewards
 
 
 def filter_groups(trees: list[Tree], correct: list[list[bool]]) -> tuple[list[int], int]:

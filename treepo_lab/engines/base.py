@@ -74,8 +74,8 @@ class Engine(Protocol):
         """Continue every request by up to `max_tokens` tokens (stop early at EOS)."""
         ...
 
-    def release(self, path_ids: list[int] | None = None) -> None:
-        """Free the state of these live paths (all when None)."""
+    def release(self) -> None:
+        """Free the state of every live path (the sampler calls it when a rollout ends)."""
         ...
 
     def load_weights(self, state_dict: dict) -> None:

@@ -58,18 +58,8 @@ class HFEngine:
 
     # -- protocol -------------------------------------------------------------------------------
 
-    def release(self, path_ids: list[int] | None = None) -> None:
-        if path_ids is None:
-            return self._drop_state()
-        gone = set(path_ids)
-        keep = [p for p in self._paths if p not in gone]
-        if not keep:
-            return self._drop_state()
-        rows = torch.tensor([self._paths[p].row for p in keep], device=self.device)
-        self._cache = kv.fork_cache(self._cache, rows)
-        self._mask, self._last, self._pos = self._mask[rows], self._last[rows], self._pos[rows]
-        self._mask = kv.trim(self._cache, self._mask)
-        self._paths = {p: _Live(r, self._paths[p].length, self._paths[p].last) for r, p in enumerate(keep)}
+    def release(self) -> None:
+        self._drop_state()
 
     def load_weights(self, state_dict: dict) -> None:
         own = self.model.state_dict()

@@ -1,17 +1,23 @@
 """Log-probs of sampled tokens: the one logits-processing function, and a from-scratch recompute.
 
 `sampling_logprobs` is the only place where temperature, top-k and top-p turn logits into the
-distribution that is sampled from. The HF engine samples from it, and `sequence_logprobs` recomputes
-full sequences through it, so the two cannot drift apart. With `top_k` off and `top_p=1` it is the
-plain temperature-scaled log-softmax that the trainer uses for old/new policy log-probs.
+distribution that is sampled from. The HF engine samples from it, and `token_logprobs` recomputes
+full sequences through it (the trainer's old/new policy log-probs, `sequence_stats` for checks), so
+the two cannot drift apart. `pad_right` is the one padding of prompt+response rows. With `top_k` off
+and `top_p=1` it is the plain temperature-scaled log-softmax that the trainer uses.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from treepo_lab.engines.base import SamplingParams
+
+
+def _as_lists(batch) -> list[list[int]]:
+    return [x.tolist() if isinstance(x, torch.Tensor) else list(x) for x in batch]
 
 
 def sampling_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
@@ -41,8 +47,50 @@ def entropy_of(logp: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(logp.exp()).sum(dim=-1)
 
 
-def _as_lists(batch) -> list[list[int]]:
-    return [x.tolist() if isinstance(x, torch.Tensor) else list(x) for x in batch]
+@dataclass
+class Padded:
+    """Prompt+response rows, right-padded into one batch.
+
+    Position t of the [B, L-1] outputs scores token t+1, and `response_mask[i, t]` is True where
+    that token is a response token of row i. Causal attention never lets a real token see the
+    padding after it, so the default positions 0..n-1 are right.
+    """
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    response_mask: torch.Tensor  # [B, L-1] bool
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.response_mask.sum(-1).tolist()
+
+
+def pad_right(prompts: Sequence, responses: Sequence, pad_token_id: int, device=None) -> Padded:
+    """The one padding of (prompt, response) rows (trainer, recompute, warm start)."""
+    prompts, responses = _as_lists(prompts), _as_lists(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (the first response token is predicted from it)")
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    resp = torch.zeros((len(prompts), width - 1), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, :n] = 1
+        resp[i, len(p) - 1 : n - 1] = True
+    return Padded(ids.to(device), attn.to(device), resp.to(device))
+
+
+def token_logprobs(model, batch: Padded, sampling: SamplingParams, with_entropy: bool = False):
+    """log pi(x_{t+1} | x_<=t) under `sampling` at every position [B, L-1], and (optionally) the entropy
+    of each processed next-token distribution. Gradients flow when the caller allows them."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp_all = sampling_logprobs(logits, sampling)
+    logp = logp_all.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return logp, entropy_of(logp_all) if with_entropy else None
 
 
 def sequence_stats(
@@ -53,44 +101,8 @@ def sequence_stats(
     pad_token_id: int = 0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per sequence: log-prob [len(response)] of each response token under `sampling`, and the
-    entropy of the processed next-token distribution at each response position.
-
-    One batched forward over prompt+response, right-padded (causal attention never lets a real token
-    see the padding after it, so positions are plain 0..n-1). Gradients flow when the caller allows
-    them; wrap in torch.no_grad() for old log-probs.
-    """
-    prompts, responses = _as_lists(prompt_ids_batch), _as_lists(response_ids_batch)
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (the first response token is predicted from it)")
-    device = next(model.parameters()).device
-    seqs = [p + r for p, r in zip(prompts, responses)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    # scored[i, t]: position t's logits predict response token at t+1 of sequence i
-    scored = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        scored[i, len(p) - 1 : len(s) - 1] = True
-    ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
-    positions = torch.arange(width, device=device).expand(len(seqs), width)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    targets = ids[:, 1:][scored[:, :-1]]
-    logp = sampling_logprobs(logits[:, :-1][scored[:, :-1]], sampling)
-    token_lp = logp.gather(-1, targets[:, None]).squeeze(-1)
-    lengths = [len(r) for r in responses]
-    return list(token_lp.split(lengths)), list(entropy_of(logp).split(lengths))
-
-
-def sequence_logprobs(
-    model,
-    prompt_ids_batch: Sequence,
-    response_ids_batch: Sequence,
-    sampling: SamplingParams,
-    pad_token_id: int = 0,
-) -> list[torch.Tensor]:
-    """Per sequence, the log-prob of each response token under `sampling` (see `sequence_stats`)."""
-    return sequence_stats(model, prompt_ids_batch, response_ids_batch, sampling, pad_token_id)[0]
+    entropy of the processed next-token distribution at each response position (one batched forward)."""
+    batch = pad_right(prompt_ids_batch, response_ids_batch, pad_token_id, next(model.parameters()).device)
+    logp, ent = token_logprobs(model, batch, sampling, with_entropy=True)
+    mask, lengths = batch.response_mask, batch.lengths
+    return list(logp[mask].split(lengths)), list(ent[mask].split(lengths))

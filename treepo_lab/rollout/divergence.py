@@ -3,71 +3,106 @@
 Two questions per root and step. The budget control says how many requests the root gets in total
 ("branching budget transfer": finished siblings donate their b children to the survivors, capped so
 that the tree never exceeds w leaves, floored so every active path continues). The allocation policy
-(registry `DIV_POLICIES`) splits that total over the active paths. The initial branching b0 and the
-softmax temperature schedule live here too.
+(registry `DIV_POLICIES`) splits that total over the active paths. The budget controls (registry
+`BUDGETS`), the initial branching b0 (registry `INIT_DIVS`) and the softmax temperature schedule
+(registry `TEMP_SCHEDULES`) live here too.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from treepo_lab.registry import Registry
 
-FIXED_BUDGET_CONTROLS = ("by_fixed_div", "by_infer_step_token_budget")
-_RANDOM_DIV = re.compile(r"by_random_div_(\d+)to(\d+)")
-
-
-def parse_random_div(name: str) -> tuple[int, int] | None:
-    """(m, n) of `by_random_div_{m}to{n}`, or None for any other name."""
-    match = _RANDOM_DIV.fullmatch(str(name))
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
 # ---- budget ----------------------------------------------------------------------------------------
 
+# name -> budget control (`sampler.budget.kind`): b per root and step, b0 without an init_div draw,
+# and the requests of one root at the next step
+BUDGETS: Registry = Registry("budget control")
+
+
+class FixedDiv:
+    """`by_fixed_div`: b = sampler.branch at every step, b0 = b."""
+
+    def branch(self, cfg, rng: np.random.Generator, n_prompts: int) -> int:
+        return cfg.branch
+
+    def initial(self, cfg, rng: np.random.Generator, n_prompts: int) -> int:
+        return self.branch(cfg, rng, n_prompts)
+
+    def total(self, cfg, remaining: int, finished_now: int, n_active: int, b: int, n_roots_active: int) -> int:
+        """Budget transfer: finished siblings donate their b children, capped at the missing leaves."""
+        return min(remaining, b * (finished_now + n_active))
+
+
+class RandomDiv(FixedDiv):
+    """`by_random_div_{min}to{max}`: b ~ UniformInt[min, max], drawn per root per step (and per fallback
+    candidate); b0 is drawn per prompt too (upstream: one draw per batch)."""
+
+    def branch(self, cfg, rng: np.random.Generator, n_prompts: int) -> int:
+        return int(rng.integers(cfg.budget.min, cfg.budget.max + 1))
+
+
+class StepTokenBudget(FixedDiv):
+    """`by_infer_step_token_budget`: `budget.tokens` per step shared by the roots still active; b (for
+    fallback copies) is the per-prompt share in segments."""
+
+    def branch(self, cfg, rng: np.random.Generator, n_prompts: int) -> int:
+        return max(1, cfg.budget.tokens // (n_prompts * cfg.segment_len))
+
+    def initial(self, cfg, rng: np.random.Generator, n_prompts: int) -> int:
+        return cfg.budget.tokens // cfg.segment_len // n_prompts
+
+    def total(self, cfg, remaining: int, finished_now: int, n_active: int, b: int, n_roots_active: int) -> int:
+        return min(remaining, (cfg.budget.tokens // n_roots_active) // cfg.segment_len)
+
+
+BUDGETS.register("fixed_div")(FixedDiv())
+BUDGETS.register("random_div")(RandomDiv())
+BUDGETS.register("step_token_budget")(StepTokenBudget())
+
+
+def budget(cfg) -> FixedDiv:
+    return BUDGETS.get(cfg.budget.kind, "sampler.budget.kind")
+
+
 def branch_factor(cfg, rng: np.random.Generator, n_prompts: int) -> int:
-    """The b of this root and step: fixed, drawn per root per step (by_random_div), or for the token
-    budget the per-prompt share of the step budget in segments (used for fallback copies)."""
-    mn = parse_random_div(cfg.budget_control)
-    if mn is not None:
-        return int(rng.integers(mn[0], mn[1] + 1))
-    if cfg.budget_control == "by_infer_step_token_budget":
-        return max(1, cfg.step_token_budget // (n_prompts * cfg.segment_len))
-    return cfg.branch
+    """The b of this root and step (also the copies per fallback candidate)."""
+    return budget(cfg).branch(cfg, rng, n_prompts)
+
+
+# name -> fn(cfg, rng, n_prompts) -> b0 for one prompt (`sampler.init_div.kind`)
+INIT_DIVS: Registry = Registry("initial divergence")
+
+
+@INIT_DIVS.register("fixed")
+def init_fixed(cfg, rng: np.random.Generator, n_prompts: int) -> int:
+    """b0 as the budget control gives it."""
+    return budget(cfg).initial(cfg, rng, n_prompts)
+
+
+@INIT_DIVS.register("random")
+def init_random(cfg, rng: np.random.Generator, n_prompts: int) -> int:
+    """"More Init Divergence": b0 ~ UniformInt[min, max] per prompt (upstream dead code, B1 fixed)."""
+    return int(rng.integers(cfg.init_div.min, cfg.init_div.max + 1))
 
 
 def initial_branching(cfg, rng: np.random.Generator, n_prompts: int) -> int:
-    """b0 for one prompt, never more than w.
-
-    An explicit init_div_range ("More Init Divergence", UniformInt[m, n] per prompt; upstream dead code,
-    B1) wins over the budget control; by_random_div draws per prompt too (upstream: one draw per batch).
-    """
-    if cfg.init_div_range is not None:
-        m, n = cfg.init_div_range
-        b0 = int(rng.integers(m, n + 1))
-    elif cfg.budget_control == "by_infer_step_token_budget":
-        b0 = cfg.step_token_budget // cfg.segment_len // n_prompts
-    else:
-        b0 = branch_factor(cfg, rng, n_prompts)
+    """b0 for one prompt, at least 1 and never more than w."""
+    b0 = INIT_DIVS.get(cfg.init_div.kind, "sampler.init_div.kind")(cfg, rng, n_prompts)
     return min(max(1, b0), cfg.width)
 
 
 def step_total(cfg, finished: int, finished_now: int, n_active: int, b: int, n_roots_active: int) -> int:
-    """Requests for one root at the next step.
+    """Requests for one root at the next step: the budget's total, then at least k = n_active.
 
-    finished = f (leaves so far, this step included), finished_now = fin (leaves of this step),
-    n_active = k. Budget transfer: min(max(w - f, 0), b * (fin + k)); the token budget reads
-    step_token_budget as tokens per step shared by the roots still active. Then at least k.
+    finished = f (leaves so far, this step included), finished_now = fin (leaves of this step); the
+    total never exceeds the w - f missing leaves.
     """
     remaining = max(cfg.width - finished, 0)
-    if cfg.budget_control == "by_infer_step_token_budget":
-        total = min(remaining, (cfg.step_token_budget // n_roots_active) // cfg.segment_len)
-    else:
-        total = min(remaining, b * (finished_now + n_active))
-    return max(total, n_active)
+    return max(budget(cfg).total(cfg, remaining, finished_now, n_active, b, n_roots_active), n_active)
 
 
 # ---- allocation --------------------------------------------------------------------------------------
@@ -190,4 +225,4 @@ def div_temperature(cfg, step: int, total_steps: int) -> float:
     """The log-prob softmax temperature at training step `step` of `total_steps`."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     sched = cfg.div_temp_schedule
-    return TEMP_SCHEDULES.get(sched.kind, "div_temp_schedule.kind")(progress, sched, cfg.div_temperature)
+    return TEMP_SCHEDULES.get(sched.kind, "sampler.div_temp_schedule.kind")(progress, sched, cfg.div_temperature)

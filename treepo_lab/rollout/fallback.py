@@ -6,13 +6,14 @@ candidate's response (registry `CUT_POLICIES`), apply the depth guard, truncate 
 cut, and enqueue min(b, R) copies per candidate until the R = w - f missing leaves are in flight.
 What is still missing after the last candidate is refilled the next time the root runs dry.
 
-Fixed with respect to the official code: a window W <= 0 means W = l (B3), the block policies work
-with max_fallback_window > 0 (B4), finished_first_strict takes the BEST leaves first (B7).
+Fixed with respect to the official code: a null window means W = l (B3; upstream -1 broke it), the
+block policies work with max_fallback_window set (B4), finished_first_strict takes the BEST leaves
+first (B7). `boxed_ge_window` is a plain name with its integer in `fallback_min_windows` (upstream
+`boxed_ge_window_{n}`).
 """
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,18 +22,9 @@ import numpy as np
 from treepo_lab.registry import Registry
 from treepo_lab.rollout.tree import FinishReason, Leaf, Node, Tree
 
-_BOXED_GE_WINDOW = re.compile(r"boxed_ge_window_(-?\d+)")
-
-
-def parse_boxed_ge_window(name: str) -> int | None:
-    """n of `boxed_ge_window_{n}`, or None for any other name."""
-    match = _BOXED_GE_WINDOW.fullmatch(str(name))
-    return int(match.group(1)) if match else None
-
-
 def window(cfg) -> int:
-    """W, the cut granularity of the random policy: fallback_window, or l when <= 0 (B3 fixed)."""
-    return cfg.fallback_window if cfg.fallback_window > 0 else cfg.segment_len
+    """W, the cut granularity of the random policy: fallback_window, or l when null (B3 fixed)."""
+    return cfg.segment_len if cfg.fallback_window is None else cfg.fallback_window
 
 
 @dataclass
@@ -93,19 +85,12 @@ def longer_first(cands: list[Candidate], cfg, rng) -> list[Candidate]:
     return _gumbel_order(cands, [c.length for c in cands], rng)
 
 
-def boxed_ge_window(n: int):
-    def policy(cands: list[Candidate], cfg, rng) -> list[Candidate]:
-        """Only boxed-answer leaves at least n windows long, in random order."""
-        long_enough = [c for c in cands if c.leaf.finish_reason == FinishReason.FINISHED
-                       and c.length >= n * window(cfg)]
-        return _shuffled(long_enough, rng)
-
-    return policy
-
-
-def candidate_policy(name: str):
-    n = parse_boxed_ge_window(name)
-    return boxed_ge_window(n) if n is not None else CANDIDATE_POLICIES.get(name, "fallback_candidates")
+@CANDIDATE_POLICIES.register("boxed_ge_window")
+def boxed_ge_window(cands: list[Candidate], cfg, rng) -> list[Candidate]:
+    """Only boxed-answer leaves at least fallback_min_windows windows W long, in random order."""
+    long_enough = [c for c in cands if c.leaf.finish_reason == FinishReason.FINISHED
+                   and c.length >= cfg.fallback_min_windows * window(cfg)]
+    return _shuffled(long_enough, rng)
 
 
 # ---- cut position ------------------------------------------------------------------------------------------
@@ -123,12 +108,12 @@ def _logprobs(cand: Candidate, policy: str) -> list[float]:
 @CUT_POLICIES.register("random")
 def cut_random(cand: Candidate, cfg, rng) -> int:
     """Back off a uniform number of W-blocks (at least the last, possibly partial, one; at most
-    max_fallback_window when > 0). A cut of 0 restarts from the prompt."""
+    max_fallback_window when set). A cut of 0 restarts from the prompt."""
     w = window(cfg)
     total_blocks = math.ceil(cand.length / w)
     if total_blocks == 0:
         return 0
-    most = min(cfg.max_fallback_window, total_blocks) if cfg.max_fallback_window > 0 else total_blocks
+    most = total_blocks if cfg.max_fallback_window is None else min(cfg.max_fallback_window, total_blocks)
     back = int(rng.integers(1, most + 1))
     return (total_blocks - back) * w
 
@@ -141,8 +126,8 @@ def cut_min_logprob_token(cand: Candidate, cfg, rng) -> int:
 
 def _cut_block(sign: float):
     def policy(cand: Candidate, cfg, rng) -> int:
-        # max_fallback_window > 0 overrides the block size (the upstream intent; there it crashed, B4)
-        size = cfg.max_fallback_window if cfg.max_fallback_window > 0 else cfg.fallback_block_size
+        # max_fallback_window overrides the block size (the upstream intent; there it crashed, B4)
+        size = cfg.fallback_block_size if cfg.max_fallback_window is None else cfg.max_fallback_window
         logprobs = _logprobs(cand, "block / inverse_block")
         means = np.array([np.mean(logprobs[i:i + size]) for i in range(0, len(logprobs), size)])
         z = sign * means
@@ -221,14 +206,14 @@ def plan_fallback(tree: Tree, remaining: int, cfg, rng: np.random.Generator, cop
                   new_id: Callable[[], int], decode: Callable[[list[int]], str]) -> list[Restart]:
     """Restart points for one root with no active path and `remaining` = w - f > 0 missing leaves.
 
-    `copies()` gives b for one candidate (drawn per candidate under by_random_div).
+    `copies()` gives b for one candidate (drawn per candidate under budget.kind=random_div).
     """
     cands = [Candidate(leaf, sum(tree.segment_lengths(leaf)), tree.response_logprobs(leaf))
              for leaf in tree.leaves]
-    ordered = candidate_policy(cfg.fallback_candidates)(cands, cfg, rng)
+    ordered = CANDIDATE_POLICIES.get(cfg.fallback_candidates, "sampler.fallback_candidates")(cands, cfg, rng)
     if not ordered:
         ordered = [None]  # nothing qualifies: restart from the prompt
-    cut_policy = CUT_POLICIES.get(cfg.fallback_cut, "fallback_cut")
+    cut_policy = CUT_POLICIES.get(cfg.fallback_cut, "sampler.fallback_cut")
     plan = []
     for cand in ordered:
         if remaining <= 0:
@@ -238,7 +223,7 @@ def plan_fallback(tree: Tree, remaining: int, cfg, rng: np.random.Generator, cop
             count = cand.leaf.fallback_count + 1
             length = cand.length
             # an explicit window longer than the response restarts from the prompt (upstream rule)
-            if length > 0 and not (cfg.fallback_window > 0 and length < cfg.fallback_window):
+            if length > 0 and not (cfg.fallback_window is not None and length < cfg.fallback_window):
                 cut = cut_policy(cand, cfg, rng)
                 cut = depth_guard(tree.segment_lengths(cand.leaf), cut, cfg.max_depth)
                 last = truncate_path(tree, cand.leaf.node_path, cut, new_id, decode)

@@ -4,7 +4,7 @@ Each step sends one request per in-flight path to the engine (requests grouped b
 sit together), continues every path by at most l tokens, applies the stopping rules to the new
 segment, then per prompt: divergence for the roots that still have active paths, fallback for those
 that have none and fewer than w leaves. Every prompt ends with exactly w leaves (unless no_fallback),
-never more; no leaf is deeper than d or longer than d*l.
+never more (unless min_len drops exhaust fallback_patience); no leaf is deeper than d or longer than d*l.
 
 Engine state: a path continued from the node generated at the previous step names that node as its
 `parent_id` (the engine forks its live state); a fresh root or a fallback cut sends parent_id=None with
@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from treepo_lab.engines.base import Engine, EngineCounters, SamplingParams, SegmentRequest
+from treepo_lab.registry import Registry
 from treepo_lab.rollout import divergence, fallback, stopping
 from treepo_lab.rollout.config import SamplerConfig, validate
 from treepo_lab.rollout.tree import FinishReason, Leaf, Node, Tree
+from treepo_lab.seeding import derive_seed
+
+# name -> sampler class (`sampler.kind`, `eval.sampler`)
+SAMPLERS: Registry = Registry("sampler")
 
 Decode = Callable[[list[int]], str]
 
@@ -51,7 +56,7 @@ class RolloutStats:
     fallback_requests: list[int] = field(default_factory=list)  # per prompt
     fallback_rounds: list[int] = field(default_factory=list)  # per prompt
     finished_at_first_fallback: list[int | None] = field(default_factory=list)  # per prompt
-    short_prompts: int = 0  # prompts with fewer than w leaves (no_fallback, or max_fallback_rounds hit)
+    short_prompts: int = 0  # prompts with fewer than w leaves (no_fallback, or fallback_patience ran out)
     dropped_short: int = 0  # paths dropped by min_len
     div_temperature: float = 1.0
     gen_s: float = 0.0  # wall time of the whole rollout
@@ -69,6 +74,7 @@ class RolloutResult:
         return rollout_metrics(self.trees, self.stats)
 
 
+@SAMPLERS.register("tree")
 class TreeSampler:
     """TreePO's segment-wise tree sampler. `decode(token_ids) -> str` gives the segment text that the
     boxed and repetition rules read."""
@@ -78,6 +84,7 @@ class TreeSampler:
     def __init__(self, engine: Engine, cfg: SamplerConfig, decode: Decode, eos_token_id: int):
         self.engine, self.cfg, self.decode, self.eos = engine, validate(cfg), decode, eos_token_id
         self.sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
+        self.stop_rules = stopping.stop_rules(self.cfg)
 
     # ---- the three places where the sequential baseline differs ---------------------------------------
     def _initial_copies(self, rng: np.random.Generator, n_prompts: int) -> int:
@@ -89,7 +96,7 @@ class TreeSampler:
         b = divergence.branch_factor(cfg, rng, n_prompts)
         total = divergence.step_total(cfg, finished, finished_now, len(paths), b, n_roots_active)
         views = [self._view(tree, p) for p in paths]
-        alloc = divergence.DIV_POLICIES.get(cfg.div_policy, "div_policy")(views, total, temperature)
+        alloc = divergence.DIV_POLICIES.get(cfg.div_policy, "sampler.div_policy")(views, total, temperature)
         assert len(alloc) == len(paths) and min(alloc) >= 1 and sum(alloc) == total, (alloc, total)
         return alloc
 
@@ -111,6 +118,8 @@ class TreeSampler:
         meta = {"sampler": asdict(cfg), "seed": seed, "div_temperature": temperature}
         trees = [Tree(prompt_ids=list(p), prompt_text=self.decode(list(p)), meta=dict(meta)) for p in prompts]
         self._next_id, self._seed = 0, seed
+        # per root: leaves when it last fell back, and fallback rounds in a row that added no leaf
+        self._leaves_at_fallback, self._idle_fallbacks = [-1] * n, [0] * n
         queue = [_Path(r, None, [], live=False)
                  for r in range(n) for _ in range(self._initial_copies(rng, n))]
 
@@ -143,7 +152,7 @@ class TreeSampler:
         ]
         stats.requests_per_step.append(len(requests))
         # one seed per step, independent of how many random draws the policies made before
-        step_seed = int(np.random.SeedSequence([self._seed, stats.steps]).generate_state(1)[0])
+        step_seed = derive_seed(self._seed, stats.steps)
         outs = self.engine.generate(requests, cfg.segment_len, self.sampling, step_seed)
 
         active: dict[int, list[_Path]] = defaultdict(list)
@@ -157,7 +166,8 @@ class TreeSampler:
                                  from_fallback=p.from_fallback))
             response = p.response + node.tokens
             eos = stopping.has_eos(node.tokens, out.eos, self.eos)
-            reason = stopping.stop_reason(cfg, node.text, eos, len(response), node.depth)
+            seg = stopping.Segment(node.text, eos, len(response), node.depth)
+            reason = stopping.stop_reason(self.stop_rules, cfg, seg)
             if reason is None:
                 active[p.root].append(_Path(p.root, nid, response, True, p.fallback_count))
                 continue
@@ -194,8 +204,14 @@ class TreeSampler:
             missing = cfg.width - len(tree.leaves)
             if root in active or missing <= 0 or not self._falls_back():
                 continue
-            if stats.fallback_rounds[root] >= cfg.max_fallback_rounds:
-                continue  # only min_len drops can get here: give up rather than loop forever
+            # a round that added no leaf had all its paths dropped by min_len: give up after
+            # fallback_patience such rounds in a row rather than loop forever. (Counting every round
+            # would cut trees short that fill one leaf per round, e.g. b=1 and no qualifying candidate.)
+            idle = len(tree.leaves) == self._leaves_at_fallback[root]
+            self._idle_fallbacks[root] = self._idle_fallbacks[root] + 1 if idle else 0
+            if self._idle_fallbacks[root] >= cfg.fallback_patience:
+                continue
+            self._leaves_at_fallback[root] = len(tree.leaves)
             if stats.finished_at_first_fallback[root] is None:
                 stats.finished_at_first_fallback[root] = len(tree.leaves)
             stats.fallback_rounds[root] += 1
@@ -218,6 +234,7 @@ class TreeSampler:
             last_logprobs=last.logprobs, last_entropies=last.entropies)
 
 
+@SAMPLERS.register("sequential")
 class SequentialSampler(TreeSampler):
     """The baseline: w independent trajectories per prompt (b = 1, no fallback), the same stopping rules
     and length budget d*l, generated segment by segment behind the same interface."""
@@ -234,9 +251,5 @@ class SequentialSampler(TreeSampler):
         return False
 
 
-SAMPLERS = {"tree": TreeSampler, "sequential": SequentialSampler}
-
-
 def build_sampler(cfg: SamplerConfig, engine: Engine, decode: Decode, eos_token_id: int) -> TreeSampler:
-    validate(cfg)
-    return SAMPLERS[cfg.kind](engine, cfg, decode, eos_token_id)
+    return SAMPLERS.get(cfg.kind, "sampler.kind")(engine, cfg, decode, eos_token_id)

@@ -1,18 +1,23 @@
-"""Stopping rules for one freshly generated segment (TREEPO_SPEC.md §1.4).
+"""Stopping rules for one freshly generated segment (TREEPO_SPEC.md §1.4), registered by name.
 
-The checks look at the text of the SEGMENT just generated, not at the whole response (as the official
-sampler does), in this order: repetition (only if `most_prioritized`), boxed answer, EOS, length cap
-d*l, depth cap d, repetition (`least_prioritized`, the default). No rule consults a reward or verifier.
+`sampler.stop_rules` lists the rules in the order they are tried; the first that fires names the
+finish reason. The default [boxed, eos, max_length, max_depth, repetition] is the official order with
+`boxed_as_eos` and `least_prioritized`; `boxed_with_eos` is `boxed_and_eos_first`, and `repetition`
+listed first is `most_prioritized`. The checks look at the text of the SEGMENT just generated, not
+at the whole response (as the official sampler does). No rule consults a reward or verifier.
 Fixed with respect to the official code: a segment that is only the EOS token stops the path (the
 official sub-list search never looks at index 0, quirk in §1.4).
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from treepo_lab.registry import Registry
 from treepo_lab.rollout.config import SamplerConfig
 from treepo_lab.rollout.tree import FinishReason
-from treepo_lab.tasks.verify import last_boxed
+from treepo_lab.tasks.verify import BOXED
 
 
 def has_repetition(text: str, window: int = 32, count: int = 8) -> bool:
@@ -33,9 +38,20 @@ def has_repetition(text: str, window: int = 32, count: int = 8) -> bool:
 
 
 def has_boxed(text: str) -> bool:
-    """A complete \\boxed{...} in this segment. The same extraction as the reward (tasks.verify), so a
-    path stopped as `finished` is one the reward can read an answer from."""
-    return last_boxed(text) is not None
+    """Is there a complete \\boxed{...} (nested braces included) anywhere in this segment?
+
+    Every `\\boxed{` is tried, as the official regex finds every complete box: an unclosed box later
+    in the segment (`so \\boxed{5} hmm \\boxed{`) does not hide an earlier complete one.
+    """
+    start = text.find(BOXED)
+    while start >= 0:
+        depth = 1
+        for c in text[start + len(BOXED):]:
+            depth += (c == "{") - (c == "}")
+            if depth == 0:
+                return True
+        start = text.find(BOXED, start + 1)
+    return False
 
 
 def has_eos(tokens: list[int], eos_flag: bool, eos_token_id: int) -> bool:
@@ -43,33 +59,50 @@ def has_eos(tokens: list[int], eos_flag: bool, eos_token_id: int) -> bool:
     return bool(eos_flag) or eos_token_id in tokens
 
 
-def stop_reason(
-    cfg: SamplerConfig, text: str, eos: bool, response_len: int, depth: int
-) -> str | None:
-    """Why the path that just generated this segment stops, or None if it goes deeper.
+@dataclass
+class Segment:
+    """What a stop rule may look at: the new segment and the path it extends."""
 
-    `response_len` is the whole response length after this segment, `depth` the number of segments on
-    the path. The caller truncates the response to d*l when the reason is MAX_LENGTH.
-    """
-    def repeats() -> bool:
-        return has_repetition(text, cfg.repetition_window, cfg.repetition_count)
+    text: str  # the segment's text
+    eos: bool  # the segment contains EOS
+    response_len: int  # the whole response's length after this segment
+    depth: int  # segments on the path, this one included
 
-    if cfg.repetition_policy == "most_prioritized" and repeats():
-        return FinishReason.REPETITION
-    if has_boxed(text) and (cfg.boxed_eos_policy == "boxed_as_eos" or eos):
-        return FinishReason.FINISHED
-    if eos:
-        return FinishReason.EOS
-    if response_len >= cfg.max_response_len:
-        return FinishReason.MAX_LENGTH
-    if depth >= cfg.max_depth:
-        return FinishReason.MAX_DEPTH
-    if cfg.repetition_policy == "least_prioritized" and repeats():
-        return FinishReason.REPETITION
+
+@dataclass(frozen=True)
+class StopRule:
+    reason: str  # the FinishReason of a path this rule stops
+    fires: Callable[[Segment, SamplerConfig], bool]
+
+
+# name -> StopRule (`sampler.stop_rules`)
+STOP_RULES: Registry[StopRule] = Registry("stop rule")
+STOP_RULES.register("boxed")(StopRule(FinishReason.FINISHED, lambda seg, cfg: has_boxed(seg.text)))
+STOP_RULES.register("boxed_with_eos")(
+    StopRule(FinishReason.FINISHED, lambda seg, cfg: seg.eos and has_boxed(seg.text)))
+STOP_RULES.register("eos")(StopRule(FinishReason.EOS, lambda seg, cfg: seg.eos))
+STOP_RULES.register("max_length")(
+    StopRule(FinishReason.MAX_LENGTH, lambda seg, cfg: seg.response_len >= cfg.max_response_len))
+STOP_RULES.register("max_depth")(StopRule(FinishReason.MAX_DEPTH, lambda seg, cfg: seg.depth >= cfg.max_depth))
+STOP_RULES.register("repetition")(StopRule(
+    FinishReason.REPETITION, lambda seg, cfg: has_repetition(seg.text, cfg.repetition_window, cfg.repetition_count)))
+
+
+def stop_rules(cfg: SamplerConfig) -> list[StopRule]:
+    """The configured rules, in order."""
+    return [STOP_RULES.get(name, "sampler.stop_rules") for name in cfg.stop_rules]
+
+
+def stop_reason(rules: list[StopRule], cfg: SamplerConfig, seg: Segment) -> str | None:
+    """Why the path that just generated `seg` stops, or None if it goes deeper. The caller truncates
+    the response to d*l when the reason is MAX_LENGTH."""
+    for rule in rules:
+        if rule.fires(seg, cfg):
+            return rule.reason
     return None
 
 
 def too_short(cfg: SamplerConfig, response_len: int) -> bool:
     """min-length filter: a path finishing shorter than min_len is dropped silently (not a leaf; its
     budget is refilled by fallback)."""
-    return cfg.min_len > 0 and response_len < cfg.min_len
+    return cfg.min_len is not None and response_len < cfg.min_len

@@ -17,26 +17,24 @@ from typing import ClassVar
 
 
 class FinishReason:
-    """Why a path stopped, with the official priorities (higher = better finished)."""
+    """Why a path stopped, with the official priorities (higher = better finished; the fallback
+    candidate policies weight by them). The official `finished_with_unclosed_answer` (6) and
+    `unfinished` (1) occur only in its offline step-model path, never in training rollouts."""
 
     FINISHED = "finished"  # boxed answer
-    UNCLOSED_ANSWER = "finished_with_unclosed_answer"
     EOS = "early_stopped_by_eos"
     MAX_DEPTH = "finished_with_max_infer_steps"
     MAX_LENGTH = "finished_with_max_output_tokens"
     REPETITION = "early_stopped_by_repetition"
-    UNFINISHED = "unfinished"
     # not a leaf: the node where a path shorter than min_len was dropped (no priority, never a candidate)
     DROPPED_SHORT = "dropped_short"
 
     PRIORITY: ClassVar[dict[str, int]] = {
         FINISHED: 7,
-        UNCLOSED_ANSWER: 6,
         EOS: 5,
         MAX_DEPTH: 4,
         MAX_LENGTH: 3,
         REPETITION: 2,
-        UNFINISHED: 1,
     }
 
 
@@ -105,9 +103,6 @@ class Tree:
 
     def response_entropies(self, leaf: Leaf) -> list[float]:
         return [x for nid in leaf.node_path for x in self.nodes[nid].entropies]
-
-    def response_text(self, leaf: Leaf) -> str:
-        return "".join(self.nodes[nid].text for nid in leaf.node_path)
 
     def group_path(self, leaf: Leaf) -> list[int]:
         return [self.nodes[nid].gid for nid in leaf.node_path]

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.tasks.base import TASKS, Problem, Score, score_boxed
+from treepo_lab.tasks.base import TASKS, Problem, Score, score_with
+from treepo_lab.tasks.check import AnswerCheck
+from treepo_lab.tasks.config import CheckConfig
 
 HELD_OUT_SLICES = 16  # 1 in 16 expressions is reserved for evaluation
 _TERM = re.compile(r"([+-])(\d+)")
@@ -74,12 +76,14 @@ class ArithTask:
     name = "arith"
 
     def __init__(self, steps: int = 2, operand_max: int = 29, held_out_size: int = 1000, seed: int = 0,
-                 reward_scale: str = "pm1"):
+                 reward_scale: str = "pm1", check: AnswerCheck | None = None):
         if steps < 1:
             raise ConfigError("task.difficulty", steps, "an integer >= 1 (number of operations)")
         if operand_max < 2:
             raise ConfigError("task.operand_max", operand_max, "an integer >= 2")
         self.steps, self.operand_max, self.seed, self.reward_scale = steps, operand_max, seed, reward_scale
+        self.check = check or AnswerCheck(CheckConfig())  # the last \boxed{} integer (Math-Verify's defaults)
+        self.warnings: list[str] = []
         self._held_out = self._draw_held_out(held_out_size)
 
     def sample_chain(self, rng: np.random.Generator) -> Chain:
@@ -130,8 +134,13 @@ class ArithTask:
     def held_out(self) -> list[Problem]:
         return list(self._held_out)
 
+    def all_problems(self) -> list[Problem]:
+        """The held-out split and the longest prompt the task can draw (for the preflight's checks)."""
+        longest = Chain((self.operand_max,) * (self.steps + 1), ("+",) * self.steps)
+        return [*self._held_out, self.problem(longest)]
+
     def score(self, response: str, problem: Problem) -> Score:
-        return score_boxed(response, problem, self.reward_scale)
+        return score_with(self.check, response, problem, self.reward_scale)
 
     def demonstration(self, problem: Problem, boxed: int | None = None) -> str:
         """The correct chain of thought for `problem` (or one boxing `boxed`): the warm start's target."""
@@ -139,5 +148,5 @@ class ArithTask:
 
 
 @TASKS.register("arith")
-def _build_arith(cfg) -> ArithTask:
-    return ArithTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed)
+def _build_arith(cfg, check: AnswerCheck) -> ArithTask:
+    return ArithTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, check=check)

@@ -1,8 +1,8 @@
 """The task protocol: where prompts come from and how a response is scored.
 
 A task samples training problems, keeps a fixed held-out split for evaluation, and scores a response
-text against a problem. Tasks are registered by name in `TASKS` and built from a `TaskConfig`
-(see `treepo_lab.tasks.config.build_task`).
+text against a problem with its answer check (`task.check`, see `check.py`). Tasks are registered by
+name in `TASKS` as builder(TaskConfig, AnswerCheck) and built by `treepo_lab.tasks.build.build_task`.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from treepo_lab.registry import ConfigError, Registry
-from treepo_lab.tasks.verify import check_response
+from treepo_lab.tasks.check import AnswerCheck
 
-# name -> builder(TaskConfig) -> Task
+# name -> builder(TaskConfig, AnswerCheck) -> Task
 TASKS: Registry = Registry("task")
 
 REWARD_SCALES = ("pm1", "01")
@@ -24,7 +24,7 @@ REWARD_SCALES = ("pm1", "01")
 class Problem:
     id: str  # stable identifier (unique within a task)
     prompt: str  # the text given to the model
-    answer: str  # the reference answer (compared with the last \boxed{} of a response)
+    answer: str  # the reference answer (what the task's answer check compares a response with)
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,26 @@ def reward_for(correct: bool, reward_scale: str = "pm1") -> float:
     raise ConfigError("reward.scale", reward_scale, f"one of {', '.join(REWARD_SCALES)}")
 
 
-def score_boxed(response: str, problem: Problem, reward_scale: str = "pm1") -> Score:
-    """Score a response by its last \\boxed{} answer (Math-Verify equivalence with the reference)."""
-    correct = check_response(response, problem.answer)
+def score_with(check: AnswerCheck, response: str, problem: Problem, reward_scale: str = "pm1") -> Score:
+    """Score a response with a task's answer check (a user's check function may raise: the caller counts it)."""
+    correct = check.correct(response, problem.answer)
     return Score(reward_for(correct, reward_scale), correct)
+
+
+def unknown_characters(problems: list[Problem], known) -> dict[str, list[str]]:
+    """Characters of prompts and answers for which `known(char)` is False -> ids of the problems using them."""
+    by_char: dict[str, list[str]] = {}
+    for p in problems:
+        for c in sorted(set(p.prompt) | set(p.answer)):
+            by_char.setdefault(c, []).append(p.id)
+    return {c: ids for c, ids in by_char.items() if not known(c)}
 
 
 @runtime_checkable
 class Task(Protocol):
     name: str
+    check: AnswerCheck  # extract + compare (maj@k votes on check.extract; check.equal decides)
+    warnings: list[str]  # found while loading (e.g. string answers under Math-Verify): shown before training
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Problem]:
         """`n` training problems (never from the held-out split)."""
@@ -62,4 +73,8 @@ class Task(Protocol):
 
     def held_out(self) -> list[Problem]:
         """The fixed evaluation split (same problems on every call, in every process)."""
+        ...
+
+    def all_problems(self) -> list[Problem]:
+        """Every problem (file tasks), or the held-out split and the longest ones (generated tasks)."""
         ...

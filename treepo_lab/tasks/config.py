@@ -1,11 +1,52 @@
-"""Task configuration and the `build_task` entry point."""
+"""Task configuration: data + value checks only (names are checked in treepo_lab/config.py against the
+registries of `treepo_lab.tasks.build`; tasks are built by `treepo_lab.tasks.build.build_task`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.tasks import arith, file_task  # noqa: F401  (registers "arith" and "file")
-from treepo_lab.tasks.base import TASKS, Task
+
+
+@dataclass
+class CheckConfig:
+    """How a response is judged right: extract its answer, then compare it with the reference.
+
+    Math (\\boxed{} answers): the defaults. GSM8K-style `#### 72`: extract=hash compare=numeric (the
+    reference column may be the whole solution: its own `#### 72` is read); a model asked for \\boxed{}
+    on GSM8K: reference=hash compare=numeric. Words or strings: compare=exact (Math-Verify reads
+    letters as algebra symbols: `abc` equals `cba`).
+    """
+
+    extract: str = "boxed"  # boxed (last \boxed{...}) | hash (last `#### N`) | regex (`pattern`) | whole
+    pattern: str | None = None  # extract=regex: the last match counts; its group 1 if it has groups
+    # how the reference column is read: null = like `extract` | boxed | hash | regex | whole; an
+    # extractor that finds nothing in a reference leaves it whole (a plain "72")
+    reference: str | None = None
+    compare: str = "math_verify"  # math_verify | exact | numeric | python (`function`)
+    normalize: list[str] = field(default_factory=lambda: ["strip"])  # compare=exact, in order: strip | lower | spaces | punct
+    rel_tol: float = 1e-6  # compare=numeric: math.isclose tolerances
+    abs_tol: float = 0.0
+    # compare=python: "package.module:function" or "path/to/file.py:function"; called as
+    # function(answer: str, reference: str) -> bool under trainer.reward_timeout_s
+    function: str | None = None
+
+    def validate(self) -> None:
+        if self.extract == "regex" or self.reference == "regex":
+            if not self.pattern:
+                raise ConfigError("task.check.pattern", self.pattern, "a regular expression when task.check.extract=regex")
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ConfigError("task.check.pattern", self.pattern, f"a valid regular expression ({e})") from e
+        for key in ("rel_tol", "abs_tol"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ConfigError(f"task.check.{key}", value, "a number >= 0")
+        if self.compare == "python":
+            if not self.function or ":" not in str(self.function):
+                raise ConfigError("task.check.function", self.function,
+                                  "module:function (or path/to/file.py:function) when task.check.compare=python")
 
 
 @dataclass
@@ -18,17 +59,21 @@ class TaskConfig:
     path: str | None = None  # dataset file (.jsonl, .parquet or .csv)
     question_column: str = "question"
     answer_column: str = "answer"
-    template: str | None = None  # prompt template with a {question} placeholder; null = the question as is
+    # prompt template with a {question} placeholder; null = the question as is. `\n` in it is a newline
+    # (write `\\n` for a literal backslash-n, e.g. LaTeX \neq)
+    template: str | None = None
     held_out_path: str | None = None  # a separate evaluation file; null = split off held_out_fraction
     held_out_fraction: float = 0.1  # share of `path` rows held out (seeded by `seed`)
     # both
     held_out_size: int = 1000  # evaluation problems (arith: drawn; file: a cap on the split)
     seed: int = 0  # picks the held-out problems (arith) or the held-out rows (file)
+    check: CheckConfig = field(default_factory=CheckConfig)  # how a response is judged right
 
     def validate(self) -> None:
-        TASKS.get(self.name, "task.name")
         if self.held_out_size < 1:
             raise ConfigError("task.held_out_size", self.held_out_size, "an integer >= 1")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("task.seed", self.seed, "an integer >= 0")
         if self.name == "arith":
             if self.difficulty < 1:
                 raise ConfigError("task.difficulty", self.difficulty, "an integer >= 1 (number of operations)")
@@ -44,8 +89,4 @@ class TaskConfig:
                 raise ConfigError("task.template", self.template, "a string containing {question}")
             if self.held_out_path is None and not 0 < self.held_out_fraction < 1:
                 raise ConfigError("task.held_out_fraction", self.held_out_fraction, "a number in (0, 1)")
-
-
-def build_task(cfg: TaskConfig) -> Task:
-    cfg.validate()
-    return TASKS.get(cfg.name, "task.name")(cfg)
+        self.check.validate()

@@ -1,8 +1,10 @@
 """A task read from a dataset file: JSONL, Parquet or CSV, with configurable question/answer columns.
 
-Answers are compared with the last \\boxed{} of a response via Math-Verify. Bad data fails loudly when
-the task is built, naming the file, the row and the column: a silently empty or half-read dataset would
-otherwise turn into a run that trains on nothing.
+Responses are judged by the task's answer check (`task.check`: by default the last \\boxed{} compared
+with Math-Verify). Bad data fails loudly when the task is built, naming the file, the row and the column:
+a silently empty or half-read dataset would otherwise turn into a run that trains on nothing. The error
+is a ConfigError, so the command line prints it as one line (exit 2), and the preflight raises it before
+any run exists.
 """
 from __future__ import annotations
 
@@ -13,20 +15,34 @@ from pathlib import Path
 import numpy as np
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.tasks.base import TASKS, Problem, Score, score_boxed
+from treepo_lab.tasks.base import TASKS, Problem, Score, score_with
+from treepo_lab.tasks.check import AnswerCheck
+from treepo_lab.tasks.config import CheckConfig
 
 FORMATS = {".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 QUESTION = "{question}"  # the placeholder in a prompt template
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigError):
     """A dataset file that cannot be used: names the file, and the row and column where known."""
 
     def __init__(self, path, message: str, row: int | None = None, column: str | None = None):
         self.path, self.row, self.column = str(path), row, column
         where = self.path + (f", row {row}" if row is not None else "") + (
             f", column {column!r}" if column is not None else "")
-        super().__init__(f"{where}: {message}")
+        ValueError.__init__(self, f"{where}: {message}")
+        self.key, self.value, self.allowed = "task.path", self.path, message
+
+
+def unescape_template(template: str) -> str:
+    """`\\n` in a template is a newline (a shell or a Hydra override cannot easily carry a real one);
+    `\\\\` is one backslash, so `\\\\neq` stays the LaTeX `\\neq`. Other backslashes (`\\boxed`) stay."""
+    return re.sub(r"\\(\\|n)", lambda m: "\n" if m.group(1) == "n" else "\\", template)
+
+
+# A reference with two or more letters in a row outside a LaTeX command (\frac, \sqrt) is a word
+# rather than algebra: Math-Verify would read it as a product of symbols (abc equals cba).
+_WORDY = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -54,11 +70,13 @@ def _read_table(path: Path, fmt: str) -> list[tuple[int, dict]]:
     try:
         if fmt == "csv":
             # Strings everywhere: "007" or "1/2" must reach the verifier as written.
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         else:
             df = pd.read_parquet(path)
     except pd.errors.EmptyDataError as e:
         raise DatasetError(path, "the file is empty") from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
     except Exception as e:  # pandas/pyarrow parse errors; add the file name, and the row where pandas knows it
         line = re.search(r"line (\d+)", str(e)) if fmt == "csv" else None
         row = int(line.group(1)) - 1 if line else None  # line 1 is the header
@@ -88,7 +106,13 @@ def _cell(path, rows: list[tuple[int, dict]], i: int, column: str) -> str:
     if column not in row:
         # A column missing from every row is a config mistake; from one row, a data mistake.
         if not any(column in r for _, r in rows):
-            raise DatasetError(path, f"no such column (columns: {', '.join(map(str, row))})", column=column)
+            names = list(map(str, row))
+            hint = ""
+            if len(names) == 1 and Path(str(path)).suffix.lower() == ".csv":
+                for sep in (";", "\t", "|"):
+                    if sep in names[0]:
+                        hint = f"; the header has one column containing {sep!r}: CSV files must be comma-separated"
+            raise DatasetError(path, f"no such column (columns: {', '.join(names)}){hint}", column=column)
         raise DatasetError(path, "missing value", row=row_no, column=column)
     value = row[column]
     if isinstance(value, (dict, list, np.ndarray)):
@@ -106,6 +130,7 @@ def load_problems(path, question_column: str, answer_column: str, template: str 
     rows = read_rows(path)
     stem = Path(path).stem
     out = []
+    template = None if template is None else unescape_template(template)
     for i in range(len(rows)):
         question = _cell(path, rows, i, question_column)
         answer = _cell(path, rows, i, answer_column)
@@ -120,10 +145,11 @@ class FileTask:
     def __init__(self, path: str, question_column: str = "question", answer_column: str = "answer",
                  template: str | None = None, held_out_path: str | None = None,
                  held_out_fraction: float = 0.1, held_out_size: int = 1000, seed: int = 0,
-                 reward_scale: str = "pm1"):
+                 reward_scale: str = "pm1", check: AnswerCheck | None = None):
         if template is not None and QUESTION not in template:
             raise ConfigError("task.template", template, f"a string containing {QUESTION}")
         self.reward_scale = reward_scale
+        self.check = check or AnswerCheck(CheckConfig())
         problems = load_problems(path, question_column, answer_column, template)
         if held_out_path is not None:
             self._train = problems
@@ -138,7 +164,25 @@ class FileTask:
             held = [problems[i] for i in sorted(order[:n_held])]
             self._train = [problems[i] for i in sorted(order[n_held:])]
         # held_out_size caps what is evaluated; the rest of the split is still never trained on.
-        self._held_out = held[:held_out_size]
+        self._held, self._held_out = held, held[:held_out_size]
+        self.warnings = self._check_warnings(self.all_problems())
+
+    def _check_warnings(self, problems: list[Problem]) -> list[str]:
+        hashed = [p for p in problems if "####" in p.answer]
+        if hashed and (self.check.cfg.reference or self.check.cfg.extract) != "hash":
+            return [f"{len(hashed)} of {len(problems)} answers end in '#### N' (GSM8K style, e.g. {hashed[0].id}) "
+                    f"but the reference is read with {self.check.cfg.reference or self.check.cfg.extract!r}: set "
+                    f"task.check.reference=hash task.check.compare=numeric (and task.check.extract=hash if "
+                    f"task.template asks for '#### <answer>')"]
+        if self.check.cfg.compare != "math_verify":
+            return []
+        wordy = [p for p in problems if _WORDY.search(self.check.reference(p.answer))]
+        if not wordy:
+            return []
+        p = wordy[0]
+        return [f"{len(wordy)} of {len(problems)} answers are words, not math (e.g. {p.id}: {p.answer[:40]!r}); "
+                f"Math-Verify reads letters as algebra symbols ('abc' equals 'cba'): for string answers set "
+                f"task.check.compare=exact (README: checking answers)"]
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Problem]:
         idx = rng.choice(len(self._train), size=n, replace=n > len(self._train))
@@ -147,11 +191,15 @@ class FileTask:
     def held_out(self) -> list[Problem]:
         return list(self._held_out)
 
+    def all_problems(self) -> list[Problem]:
+        """Every row, training and held out (for the preflight's checks)."""
+        return [*self._train, *self._held]
+
     def score(self, response: str, problem: Problem) -> Score:
-        return score_boxed(response, problem, self.reward_scale)
+        return score_with(self.check, response, problem, self.reward_scale)
 
 
 @TASKS.register("file")
-def _build_file(cfg) -> FileTask:
+def _build_file(cfg, check: AnswerCheck) -> FileTask:
     return FileTask(cfg.path, cfg.question_column, cfg.answer_column, cfg.template, cfg.held_out_path,
-                    cfg.held_out_fraction, cfg.held_out_size, cfg.seed)
+                    cfg.held_out_fraction, cfg.held_out_size, cfg.seed, check=check)

@@ -13,17 +13,18 @@ from treepo_lab.registry import ConfigError
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True  # false: a NullTracker, nothing is logged anywhere
+    enabled: bool = True  # false: nothing is logged anywhere (the trainer gets track.null.NULL_TRACKER)
     # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory (made absolute at
     # start, so a Hydra chdir cannot scatter databases). http(s)://host:port for a tracking server.
     tracking_uri: str | None = None
-    # null: the sweep's id when the run is a sweep trial (one MLflow experiment per sweep), else the
-    # registry experiment's name
+    # the MLflow experiment. null: $MLFLOW_EXPERIMENT_NAME, else the sweep's id for a sweep trial (one
+    # MLflow experiment per sweep), else one per task and model, e.g. "arith_d2-tiny", so runs of
+    # different registry experiments that a user compares land together (tag treepo.experiment tells them apart)
     experiment_name: str | None = None
-    # null: "<experiment>-<sampler kind>-s<seed>-<MMDD-HHMMSS>" (with "-t<trial>" for sweep trials)
+    # null: "<registry experiment>-s<seed>-<MMDD-HHMMSS>" (with "-t<trial>" for sweep trials)
     run_name: str | None = None
     system_metrics: bool = True  # CPU/RAM/GPU utilisation as system/* metrics (needs psutil)
-    log_trees_every: int = 10  # log sample trees as JSON artifacts every N training steps (0: never)
+    log_trees_every: int = 10  # log sample trees (compact JSON + HTML drawing) every N training steps (0: never)
     n_trees_logged: int = 2  # how many trees (prompts) per logging step
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags, e.g. {owner: alice}
 

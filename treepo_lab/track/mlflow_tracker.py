@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -32,8 +33,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from treepo_lab.analysis.tree_drawing import tree_html
+from treepo_lab.track.artifacts import compact_json, compact_tree, eval_sample_rows
 from treepo_lab.track.config import TrackingConfig
-from treepo_lab.track.naming import plain_config, flatten_config, git_commit, lab_version, sanitize_key, strategy_tags
+from treepo_lab.track.metric_names import with_headline
+from treepo_lab.track.naming import (default_experiment_name, experiment_description, git_commit, lab_version,
+                                     plain_config, run_description, run_params, sanitize_key)
+from treepo_lab.track.null import NULL_TRACKER, NullTracker
+from treepo_lab.track.strategy import strategy_tags
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -45,6 +52,12 @@ log = logging.getLogger(__name__)
 PARAM_VALUE_MAX = 500
 PARAMS_PER_BATCH = 100  # MLflow's limit for params + tags in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit for metrics in one log_batch
+# MLflow 3's UI reads this experiment tag to open an experiment as model training (runs, charts)
+# rather than GenAI development (traces); the values are those of the UI's ExperimentKind enum.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+EVAL_TABLE = "eval_samples.json"
+
+
 class TrackingError(RuntimeError):
     """The tracking backend cannot be used (unreachable server, deleted experiment, ...)."""
 
@@ -80,19 +93,26 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).as_uri()
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+def _experiment_id(client: MlflowClient, name: str, uri: str, description: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            exp_id = client.create_experiment(name, artifact_location=_artifact_location(uri, name))
         except MlflowException:  # another worker created it between our lookup and create
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
+            exp_id = None
+        exp = client.get_experiment_by_name(name) if exp_id is None else client.get_experiment(exp_id)
+        if exp is None:
+            raise TrackingError(f"could not create MLflow experiment {name!r} in {uri}")
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted in {uri}: restore it "
                             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
                             f"or set tracking.experiment_name")
+    # the UI opens an experiment without this tag as a GenAI (traces) experiment; a description the
+    # user edited in the UI is kept
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, "mlflow.note.content": description}
+    for key, value in wanted.items():
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
@@ -108,9 +128,10 @@ def _status_for(exc: BaseException | None) -> str:
 class Tracker:
     """One active MLflow run. Build it with `Tracker.start`; use it as a context manager."""
 
-    def __init__(self, run_id: str, run_name: str, experiment_id: str, tracking_uri: str):
+    def __init__(self, run_id: str, run_name: str, experiment_id: str, tracking_uri: str,
+                 experiment_name: str | None = None):
         self.run_id, self.run_name = run_id, run_name
-        self.experiment_id, self.tracking_uri = experiment_id, tracking_uri
+        self.experiment_id, self.experiment_name, self.tracking_uri = experiment_id, experiment_name, tracking_uri
         self.client = MlflowClient(tracking_uri)
         self._ended = False
         self._sigterm_installed, self._prev_sigterm = False, None
@@ -118,15 +139,17 @@ class Tracker:
     @classmethod
     def start(cls, cfg_dict_resolved: Any, tracking_cfg: TrackingConfig, experiment: str, seed: int,
               engine: str, device: str, sweep_id: str | None = None, trial: int | None = None,
-              parent_run_id: str | None = None, resume_run_id: str | None = None) -> Tracker | NullTracker:
+              parent_run_id: str | None = None, resume_run_id: str | None = None,
+              overrides: list[str] | None = None) -> Tracker | NullTracker:
         """Start (or resume, by run id) the run and log params, tags and config.yaml.
 
-        `experiment` is the registry experiment's name; the MLflow experiment is
-        tracking_cfg.experiment_name, else `sweep_id` for a sweep trial, else `experiment`.
-        Returns a NullTracker when tracking is disabled.
+        `experiment` is the registry experiment's name (tag `treepo.experiment`, start of the run name).
+        The MLflow experiment is tracking.experiment_name, else $MLFLOW_EXPERIMENT_NAME, else `sweep_id`
+        for a sweep trial, else one per task and model (`naming.default_experiment_name`), so runs a
+        user compares share one. Returns NULL_TRACKER when tracking is disabled.
         """
         if not tracking_cfg.enabled:
-            return NullTracker()
+            return NULL_TRACKER
         tracking_cfg.validate()
         uri = tracking_cfg.resolved_uri()
         check_reachable(uri)
@@ -134,22 +157,22 @@ class Tracker:
         # subprocesses log to the same place.
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        exp_name = tracking_cfg.experiment_name or sweep_id or experiment
-        exp_id = _experiment_id(client, exp_name, uri)
-
         cfg = plain_config(cfg_dict_resolved)
-        flat = flatten_config(cfg)
-        kind = flat.get("sampler.kind", "run")
+        exp_name = (tracking_cfg.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or sweep_id
+                    or default_experiment_name(cfg))
+        exp_id = _experiment_id(client, exp_name, uri, experiment_description(exp_name, cfg))
+
         run_name = tracking_cfg.run_name or "-".join(
-            [experiment] + ([f"t{trial}"] if trial is not None else [])
-            + [kind, f"s{seed}", time.strftime("%m%d-%H%M%S")])
+            [experiment] + ([f"t{trial}"] if trial is not None else []) + [f"s{seed}", time.strftime("%m%d-%H%M%S")])
+        commit = git_commit()
         tags = {
-            "treepo.experiment": experiment, "treepo.git_commit": git_commit(), "treepo.seed": str(seed),
-            "treepo.engine": str(engine), "treepo.device": str(device),
-            "treepo.version": lab_version(),
+            "treepo.experiment": experiment, "treepo.seed": str(seed),
+            "treepo.engine": str(engine), "treepo.device": str(device), "treepo.version": lab_version(),
+            **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
             **({"treepo.sweep_id": str(sweep_id)} if sweep_id is not None else {}),
             **({"treepo.trial": str(trial)} if trial is not None else {}),
-            **strategy_tags(flat),
+            **strategy_tags(cfg),
+            **({} if resume_run_id else {"mlflow.note.content": run_description(cfg, overrides)}),
             **{str(k): str(v) for k, v in tracking_cfg.tags.items()},
         }
 
@@ -168,10 +191,11 @@ class Tracker:
             log_system_metrics=system_metrics,
         )
         tracker = cls(run.info.run_id, run.info.run_name, run.info.experiment_id, uri)
+        tracker.experiment_name = client.get_experiment(run.info.experiment_id).name
         try:
             tracker._install_sigterm()
             tracker.set_tags(tags)
-            tracker.log_params(flat, resume=resume_run_id is not None)
+            tracker.log_params(run_params(cfg), resume=resume_run_id is not None)
             # a resumed run keeps its first config.yaml; the resumed one is logged beside it
             name = f"config.resumed-{time.strftime('%m%d-%H%M%S')}.yaml" if resume_run_id else "config.yaml"
             # via JSON so a Path or Enum left in a config becomes a string instead of a YAML error
@@ -182,13 +206,18 @@ class Tracker:
         log.info("MLflow run %s (%s) in experiment %r at %s", tracker.run_name, tracker.run_id, exp_name, uri)
         return tracker
 
+    def run_url(self, ui_url: str = "http://127.0.0.1:5000") -> str:
+        """Where this run opens in the MLflow UI served at `ui_url` (for a tracking server, itself)."""
+        base = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else ui_url
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
     # -- logging
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log one step of metrics; keys are sanitised, None values skipped, NaN/inf kept as is."""
         ts = int(time.time() * 1000)
         entries = []
-        for key, value in metrics.items():
+        for key, value in with_headline(dict(metrics)).items():
             if value is None:
                 continue
             try:
@@ -230,6 +259,20 @@ class Tracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_trees(self, trees: list[dict], step: int) -> None:
+        """Sample rollout trees (`Tree.to_dict()` each): trees/stepNNNNNN.json in the compact form
+        (decoded text of every node and leaf) and trees/stepNNNNNN.html, a drawing the artifact view shows."""
+        compact = [compact_tree(t) for t in trees]
+        self.log_text(compact_json(compact), f"trees/step{step:06d}.json")
+        self.log_text(tree_html(compact, title=f"{self.run_name}: rollout trees at step {step}"),
+                      f"trees/step{step:06d}.html")
+
+    def log_eval_samples(self, records: list[dict], step: int) -> None:
+        """Evaluation samples as one MLflow table (eval_samples.json, a `step` column; rows appended
+        at every evaluation), which the UI's artifact view and Evaluation tab filter and sort."""
+        if records:
+            self.client.log_table(self.run_id, data=eval_sample_rows(records, step), artifact_file=EVAL_TABLE)
 
     # -- ending
 
@@ -291,25 +334,3 @@ class Tracker:
 
 def _clip(value: str) -> str:
     return value if len(value) <= PARAM_VALUE_MAX else value[:PARAM_VALUE_MAX - 3] + "..."
-
-
-class NullTracker:
-    """The Tracker API doing nothing: what `Tracker.start` returns when tracking is disabled."""
-
-    run_id = run_name = experiment_id = tracking_uri = None
-
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
-    def log_params(self, params: Mapping[str, Any], resume: bool = False) -> None: ...
-    def set_tag(self, key: str, value: Any) -> None: ...
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_dict(self, obj: Any, artifact_file: str) -> None: ...
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-    def end(self, status: str = "FINISHED") -> None: ...
-    def finish(self, exc: BaseException | None = None) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        return False

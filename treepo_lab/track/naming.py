@@ -1,5 +1,5 @@
-"""What an MLflow run is called and tagged with: legal keys, the flattened config as params, the
-strategy tags that make "group by strategy" work in the UI, and the code version."""
+"""What an MLflow run is called and holds: legal keys, the flattened config as params (YAML
+spellings), its description, and the code version. The strategy tags are in `strategy`."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,15 +11,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import treepo_lab
 
 KEY_MAX = 250
 
-# Config keys copied to run tags, so the runs table can "group by" a branching strategy.
-STRATEGY_KEYS = (
-    "sampler.kind", "sampler.div_policy", "sampler.budget_control", "sampler.fallback_candidates",
-    "sampler.fallback_cut", "sampler.width", "advantage.estimator", "advantage.aggregation", "loss.name",
-)
+# Left out of the params: free text goes to the run description (mlflow.note.content), and the warm
+# start follows the experiment's own task (config.warmstart_config), so warmstart.task.* repeats task.*.
+NOT_PARAMS = ("description", "paper_ref", "warmstart.task.")
 
 
 @lru_cache(maxsize=4096)  # the same few dozen metric keys are sanitised every step
@@ -47,32 +47,40 @@ def plain_config(cfg: Any) -> Any:
     return cfg
 
 
+def yaml_value(v: Any) -> str:
+    """A param value spelled as in config.yaml: null, true/false, [2, 8], {kind: fixed}; text as is."""
+    if isinstance(v, str):
+        return v
+    if v is None or isinstance(v, (bool, int, float, list, tuple, Mapping)):
+        return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    return str(v)
+
+
 def flatten_config(d: Mapping, prefix: str = "") -> dict[str, str]:
-    """{"sampler": {"width": 16}} -> {"sampler.width": "16"}; lists stay whole ("[2, 4]")."""
+    """{"sampler": {"width": 16}} -> {"sampler.width": "16"}; lists stay whole ("[2, 8]"); YAML spellings."""
     out: dict[str, str] = {}
     for k, v in plain_config(d).items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping) and v:
             out.update(flatten_config(v, key + "."))
         else:
-            out[key] = str(v)
+            out[key] = yaml_value(v)
     return out
 
 
-def strategy_tags(flat: Mapping[str, str]) -> dict[str, str]:
-    """Tags that name the branching strategy: one per STRATEGY_KEYS entry, the tree shape depth x
-    segment length ("8x16"), and `treepo.strategy` joining them for a one-click group-by."""
-    tags = {k: flat[k] for k in STRATEGY_KEYS if k in flat}
-    if "sampler.max_depth" in flat and "sampler.segment_len" in flat:
-        tags["sampler.shape"] = f"{flat['sampler.max_depth']}x{flat['sampler.segment_len']}"
-    if flat.get("sampler.kind") == "tree":
-        parts = [flat.get(k) for k in ("sampler.kind", "sampler.div_policy", "sampler.fallback_cut",
-                                       "advantage.estimator")]
-    else:  # the sequential baseline has no divergence or fallback to name
-        parts = [flat.get("sampler.kind"), flat.get("advantage.estimator")]
-    if any(parts):
-        tags["treepo.strategy"] = "/".join(p for p in parts if p)
-    return tags
+def run_params(cfg: Mapping) -> dict[str, str]:
+    """The params of a run: the flattened config without free text and duplicated sections."""
+    return {k: v for k, v in flatten_config(cfg).items() if not k.startswith(NOT_PARAMS)}
+
+
+def run_description(cfg: Mapping, overrides: list[str] | None = None) -> str:
+    """Markdown for the run's description (`mlflow.note.content`): what the registry entry says."""
+    lines = [f"**{cfg.get('name', '')}**: {cfg.get('description', '')}".strip()]
+    if cfg.get("paper_ref"):
+        lines.append(f"Paper: {cfg['paper_ref']}")
+    if overrides:
+        lines.append("Overrides: `" + " ".join(overrides) + "`")
+    return "\n\n".join(lines)
 
 
 def git_commit() -> str:
@@ -94,3 +102,29 @@ def lab_version() -> str:
         return importlib.metadata.version("treepo_lab")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def default_experiment_name(cfg: Mapping) -> str:
+    """The MLflow experiment runs share by default: one per task and model, so every registry
+    experiment run on the same task and model lands in one place and can be grouped by strategy.
+    e.g. "arith_d2-tiny" (the embedded default), "gsm8k-Qwen2.5-0.5B" (a task file and an HF model)."""
+    task, model = cfg.get("task") or {}, cfg.get("model") or {}
+    name = task.get("name", "task")
+    if name == "arith":
+        label = f"arith_d{task.get('difficulty')}"
+    elif task.get("path"):
+        label = Path(str(task["path"])).stem
+    else:
+        label = str(name)
+    model_path = model.get("path")
+    model_label = Path(str(model_path).rstrip("/")).name if model_path else "tiny"
+    return f"{label}-{model_label}"
+
+
+def experiment_description(name: str, cfg: Mapping) -> str:
+    """Markdown shown on the experiment's page (`mlflow.note.content` of the experiment)."""
+    task, model = cfg.get("task") or {}, cfg.get("model") or {}
+    return (f"treepo_lab runs on task `{task.get('name')}` with model `{model.get('path') or 'embedded tiny model'}`. "
+            f"Each run is one registry experiment (tag `treepo.experiment`, the start of the run name). To compare "
+            f"strategies: Group by tag `treepo.strategy`, then the Chart view (section `1_compare` first: held-out "
+            f"accuracy, decoded tokens, token saving). See the README, 'Comparing strategies in the MLflow UI'.")

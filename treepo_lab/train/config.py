@@ -1,18 +1,17 @@
-"""Trainer and evaluation configuration."""
+"""Trainer and evaluation configuration: data and value checks only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from treepo_lab.registry import ConfigError
 
-EVAL_SAMPLERS = ("sequential", "tree")
-
 
 @dataclass
 class TrainerConfig:
     steps: int = 60  # training steps (one rollout + PPO update each)
     prompts_per_step: int = 8  # prompts per rollout (each gets w leaves)
-    mini_batch_prompts: int = 8  # prompts per optimizer step (ppo_mini_batch_size)
+    # prompts per optimizer step (ppo_mini_batch_size); null = prompts_per_step (one optimizer step per rollout)
+    mini_batch_prompts: int | None = None
     micro_batch_size: int = 64  # trajectories per forward/backward (memory knob; no effect on maths)
     ppo_epochs: int = 1
     lr: float = 5e-5
@@ -28,10 +27,13 @@ class TrainerConfig:
     output_dir: str = "runs"  # checkpoints go to <output_dir>/<run name>/
 
     def validate(self) -> None:
-        for key in ("steps", "prompts_per_step", "mini_batch_prompts", "micro_batch_size", "ppo_epochs", "keep_last"):
+        for key in ("steps", "prompts_per_step", "micro_batch_size", "ppo_epochs", "keep_last"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key}", getattr(self, key), "an integer >= 1")
-        if self.prompts_per_step % self.mini_batch_prompts:
+        if self.mini_batch_prompts is not None and self.mini_batch_prompts < 1:
+            raise ConfigError("trainer.mini_batch_prompts", self.mini_batch_prompts,
+                              "null (= trainer.prompts_per_step) or an integer >= 1")
+        if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
             raise ConfigError("trainer.mini_batch_prompts", self.mini_batch_prompts,
                               f"a divisor of trainer.prompts_per_step={self.prompts_per_step}")
         if not self.lr > 0:
@@ -52,7 +54,9 @@ class EvalConfig:
     k: int = 1  # samples per problem: avg@k, pass@k, maj@k
     temperature: float = 0.0  # 0 = greedy (then k must be 1)
     top_p: float = 1.0
-    sampler: str = "sequential"  # sequential | tree (test-time tree sampling, paper Table 2 / Fig. 9)
+    # registered sampler (checked in treepo_lab/config.py): sequential | tree (test-time tree sampling,
+    # paper Table 2 / Fig. 9)
+    sampler: str = "sequential"
     batch_size: int = 256  # problems per generation batch
     n_samples_logged: int = 8  # example outputs logged/printed
 
@@ -65,7 +69,5 @@ class EvalConfig:
             raise ConfigError("eval.temperature", self.temperature, "a number >= 0 (0 = greedy)")
         if self.temperature == 0 and self.k != 1:
             raise ConfigError("eval.k", self.k, "1 when eval.temperature=0 (greedy samples are identical)")
-        if self.sampler not in EVAL_SAMPLERS:
-            raise ConfigError("eval.sampler", self.sampler, f"one of {', '.join(EVAL_SAMPLERS)}")
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")

@@ -1,7 +1,9 @@
 """Held-out evaluation: avg@k, pass@k and maj@k with sequential (default) or tree sampling.
 
 Greedy evaluation (temperature 0) samples with top_k=1, i.e. argmax decoding through the same engine
-and sampler, so its compute is counted the same way as training rollouts.
+and sampler, so its compute is counted the same way as training rollouts. Responses are scored with the
+same time limit as training (algo/scoring.py): a verifier that raises or hangs scores the response
+wrong, counted in eval/reward_errors and eval/reward_timeouts.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from collections import Counter
 
 import numpy as np
 
-from treepo_lab.rollout.config import SamplerConfig
+from treepo_lab.algo.scoring import Scorer
+from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
-from treepo_lab.tasks.verify import is_equivalent, last_boxed
+from treepo_lab.tasks.check import AnswerCheck
 from treepo_lab.train.config import EvalConfig
 
 
@@ -26,15 +29,16 @@ def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig
         temperature=1.0 if greedy else ev.temperature,
         top_k=1 if greedy else -1,
         top_p=1.0 if greedy else ev.top_p,
-        init_div_range=None,
+        init_div=InitDivConfig(),  # kind fixed: every prompt starts like the others
     )
 
 
-def majority_correct(responses: list[str], reference: str) -> bool:
-    votes = Counter(a.strip() for a in (last_boxed(r) for r in responses) if a is not None and a.strip())
+def majority_correct(responses: list[str], reference: str, check: AnswerCheck) -> bool:
+    """maj@k: the most frequent answer the task's check extracts, decided by the same check."""
+    votes = Counter(a.strip() for a in map(check.extract, responses) if a is not None)
     if not votes:
         return False
-    return is_equivalent(votes.most_common(1)[0][0], reference)
+    return check.equal(votes.most_common(1)[0][0], reference)
 
 
 def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -48,8 +52,13 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, floa
 
 
 def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: SamplerConfig, encode, decode,
-             seed: int = 0, progress=None) -> tuple[dict, list[dict]]:
+             seed: int = 0, progress=None, *, reward_timeout_s: float) -> tuple[dict, list[dict]]:
     """Score `problems`; returns (metrics, per-problem records with sample outputs)."""
+    with Scorer(task, decode, reward_timeout_s) as scorer:
+        return _evaluate(engine, tokenizer, scorer, problems, ev, sampler, encode, decode, seed, progress)
+
+
+def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, decode, seed, progress):
     scfg = eval_sampler_config(sampler, ev)
     smp = build_sampler(scfg, engine, decode, tokenizer.eos_token_id)
     before = engine.counters.snapshot()
@@ -59,12 +68,12 @@ def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: Sampler
         chunk = problems[start : start + ev.batch_size]
         result = smp.rollout([encode(p.prompt) for p in chunk], seed=seed + start)
         for prob, tree in zip(chunk, result.trees):
-            texts = [decode(tree.response_tokens(leaf)) for leaf in tree.leaves]
-            correct = [task.score(t, prob).correct for t in texts]
+            texts = scorer.texts(tree)
+            correct = [scorer.correct(t, prob) for t in texts]
             records.append({
                 "id": prob.id, "prompt": prob.prompt, "answer": prob.answer, "responses": texts,
                 "correct": correct, "length": [len(tree.response_tokens(lf)) for lf in tree.leaves],
-                "maj_correct": majority_correct(texts, prob.answer),
+                "maj_correct": scorer.call(majority_correct, texts, prob.answer, scorer.task.check, default=False),
             })
         if progress is not None:
             progress(len(chunk))
@@ -82,6 +91,8 @@ def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: Sampler
         "eval/prefill_tokens": used.prefill_tokens,
         "eval/wall_s": wall,
         "eval/n_problems": len(records),
+        "eval/reward_errors": scorer.errors,
+        "eval/reward_timeouts": scorer.timeouts,
     }
     lo, hi = bootstrap_ci(acc)
     metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = lo, hi

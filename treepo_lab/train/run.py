@@ -6,6 +6,7 @@ model is built, so a bad server fails fast and a crash anywhere after it marks t
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from treepo_lab.config import ExperimentConfig, to_object, validate
 from treepo_lab.models.load import resolve_device
 from treepo_lab.track.mlflow_tracker import Tracker
 from treepo_lab.train import checkpoint as ckpt
+from treepo_lab.train.preflight import preflight
 from treepo_lab.train.trainer import Trainer
 
 RUN_DIR_TAG = "treepo.run_dir"
@@ -23,7 +25,11 @@ RUN_DIR_TAG = "treepo.run_dir"
 def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: str | None = None,
                    sweep_id: str | None = None, trial: int | None = None, parent_run_id: str | None = None,
                    progress: bool = True, on_eval=None) -> tuple[Trainer, list[dict]]:
+    """`on_eval(step, metrics)` runs after every held-out evaluation (see Trainer); what it raises
+    propagates, after the trainer is closed and the run is marked by the tracker."""
     cfg: ExperimentConfig = validate(to_object(cfg))
+    for warning in preflight(cfg).warnings:  # every check that can fail before a run or folder exists
+        print(f"warning: {warning}", file=sys.stderr)
     device = str(resolve_device(cfg.model.device))
     tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.tracking, cfg.name, cfg.seed,
                             cfg.engine.name, device, sweep_id=sweep_id, trial=trial, parent_run_id=parent_run_id,
@@ -32,7 +38,7 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
         if resume_from is not None:
             run_dir = Path(resume_from).resolve().parent.parent
         else:
-            name = getattr(tracker, "run_name", None) or f"{cfg.name}-{time.strftime('%m%d-%H%M%S')}"
+            name = tracker.run_name or f"{cfg.name}-{time.strftime('%m%d-%H%M%S')}"
             run_dir = (Path(cfg.trainer.output_dir) / name).resolve()
         tracker.set_tag(RUN_DIR_TAG, str(run_dir))
         trainer = Trainer(cfg, tracker=tracker, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)

@@ -1,0 +1,1 @@
+"""Reading runs back and drawing them: figures, tables and tree drawings (`tree_drawing`)."""

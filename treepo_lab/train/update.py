@@ -1,0 +1,143 @@
+"""The PPO policy update of one training step (TREEPO_SPEC.md §2.7), as plain functions.
+
+Every leaf is one row: its prompt + its response, with its own per-token advantages (a prefix shared
+by k leaves is trained k times, as the official code does, §1.8). Mini-batches are drawn by prompt
+(a prompt's leaves stay together); micro-batches only bound memory: each micro-batch loss is weighted
+so that the mini-batch gradient is the same whatever the micro-batch size, in every loss_agg_mode.
+
+`forward_leaves` is the one per-leaf forward (a tree-packed forward replaces it and nothing else).
+Old log-probs are computed over the same micro-batches as the first epoch's, so the first mini-batch
+of the first epoch sees ratio exactly 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from treepo_lab.algo.config import LossConfig
+from treepo_lab.engines.base import SamplingParams
+from treepo_lab.engines.logprobs import pad_right, token_logprobs
+from treepo_lab.rollout.tree import Tree
+
+Plan = list[list[list[list[int]]]]  # epoch -> mini-batch -> micro-batch -> leaf indices
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN/inf loss or gradient: the run stops; the last good checkpoint stays as it was."""
+
+
+@dataclass
+class LeafBatch:
+    """The leaves of one update, tree-major: row j is (prompts[j], responses[j]) of prompt groups[j]."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    groups: list[int]
+    pad_id: int
+
+    @classmethod
+    def from_trees(cls, trees: list[Tree], pad_id: int) -> LeafBatch:
+        rows = [(i, t.prompt_ids, t.response_tokens(lf)) for i, t in enumerate(trees) for lf in t.leaves]
+        return cls([p for _, p, _ in rows], [r for _, _, r in rows], [i for i, _, _ in rows], pad_id)
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+
+def forward_leaves(model, batch: LeafBatch, rows: list[int], temperature: float, with_entropy: bool = False):
+    """Token log-probs [n, L-1] of leaves `rows` under the temperature-scaled policy, the entropy (or
+    None) and the response mask, in the right-padded layout of `engines.logprobs.pad_right`."""
+    padded = pad_right([batch.prompts[j] for j in rows], [batch.responses[j] for j in rows], batch.pad_id,
+                       next(model.parameters()).device)
+    logp, ent = token_logprobs(model, padded, SamplingParams(temperature=temperature), with_entropy)
+    return logp, ent, padded.response_mask
+
+
+def place(values: list[torch.Tensor], response_mask: torch.Tensor) -> torch.Tensor:
+    """Scatter per-leaf response vectors (one value per response token) into the [n, L-1] layout."""
+    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    for i, v in enumerate(values):
+        out[i, response_mask[i]] = v.to(out.device, torch.float32)
+    return out
+
+
+def plan_minibatches(batch: LeafBatch, epochs: int, prompts_per_minibatch: int, micro_batch_size: int,
+                     generator: torch.Generator) -> Plan:
+    """Each epoch: prompts in a fresh random order, cut into mini-batches of `prompts_per_minibatch`
+    prompts; a mini-batch's leaves (in leaf order) cut into micro-batches."""
+    n_prompts = max(batch.groups, default=-1) + 1
+    plan = []
+    for _ in range(epochs):
+        order = torch.randperm(n_prompts, generator=generator).tolist()
+        epoch = []
+        for m in range(0, n_prompts, prompts_per_minibatch):
+            chosen = set(order[m: m + prompts_per_minibatch])
+            rows = [j for j, g in enumerate(batch.groups) if g in chosen]
+            epoch.append([rows[s: s + micro_batch_size] for s in range(0, len(rows), micro_batch_size)])
+        plan.append(epoch)
+    return plan
+
+
+def minibatch_prompts(n_prompts: int, mini_batch_prompts: int, prompts_per_step: int) -> int:
+    """Prompts per mini-batch when dynamic sampling kept fewer than prompts_per_step: the same number
+    of optimizer steps per epoch as a full batch."""
+    return max(1, math.ceil(n_prompts * mini_batch_prompts / prompts_per_step))
+
+
+@torch.no_grad()
+def leaf_logprobs(model, batch: LeafBatch, micro_batches: list[list[int]], temperature: float) -> list[torch.Tensor]:
+    """Per leaf, the log-prob of each response token (no gradient), over the given micro-batches."""
+    out: list[torch.Tensor | None] = [None] * len(batch)
+    for mic in micro_batches:
+        lp, _, mask = forward_leaves(model, batch, mic, temperature)
+        for r, j in enumerate(mic):
+            out[j] = lp[r][mask[r]]
+    return out
+
+
+def _n_rows(batch: LeafBatch, rows: list[int], mode: str) -> int:
+    """What a micro-batch adds to the mini-batch normaliser: tokens (token-mean) or non-empty rows."""
+    if mode == "token-mean":
+        return sum(len(batch.responses[j]) for j in rows)
+    return sum(len(batch.responses[j]) > 0 for j in rows)
+
+
+def ppo_update(model, optimizer, batch: LeafBatch, plan: Plan, old_logp: list[torch.Tensor],
+               advantages: list[torch.Tensor], loss_fn, loss_cfg: LossConfig, *, temperature: float,
+               max_response_len: int, grad_clip: float, ref_logp: list[torch.Tensor] | None = None,
+               step: int = 0) -> dict[str, float]:
+    """PPO epochs over the planned mini-batches: one optimizer step per mini-batch. Returns the mean of
+    every loss metric and of the gradient norm (`actor/grad_norm`). Raises TrainingDiverged on a
+    non-finite loss or gradient, before the optimizer step."""
+    sums: dict[str, list[float]] = {}
+    mode = loss_cfg.loss_agg_mode
+    model.train()
+    for epoch in plan:
+        for micro_batches in epoch:
+            total = sum(_n_rows(batch, mic, mode) for mic in micro_batches)
+            optimizer.zero_grad(set_to_none=True)
+            for mic in micro_batches:
+                lp, ent, mask = forward_leaves(model, batch, mic, temperature, with_entropy=True)
+                loss, stats = loss_fn(
+                    lp, place([old_logp[j] for j in mic], mask), place([advantages[j] for j in mic], mask), mask,
+                    loss_cfg, ref_logp=place([ref_logp[j] for j in mic], mask) if ref_logp else None,
+                    entropy=ent, max_response_len=max_response_len)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {step}; "
+                                           "the last good checkpoint is kept; try a lower trainer.lr")
+                # the micro-batch's share of the mini-batch normaliser: the sum of the weighted
+                # micro-batch losses is the mini-batch loss, whatever the micro-batch size
+                (loss * (_n_rows(batch, mic, mode) / total if total else 0.0)).backward()
+                for k, v in stats.items():
+                    sums.setdefault(k, []).append(v)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if not torch.isfinite(gnorm):
+                raise TrainingDiverged(f"non-finite gradient norm ({gnorm.item()}) at step {step}; "
+                                       "the last good checkpoint is kept; try a lower trainer.lr")
+            sums.setdefault("actor/grad_norm", []).append(gnorm.item())
+            optimizer.step()
+    model.eval()
+    return {k: float(np.mean(v)) for k, v in sums.items()}
