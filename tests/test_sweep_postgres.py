@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -87,7 +86,7 @@ def test_postgres_and_tracking_server_with_two_workers(store, postgres, mlflow_s
     spec = tmp_path / "pg.yaml"
     spec.write_text(yaml.safe_dump({"name": "pg", "experiment": "treepo_fixed_init", "overrides": {**over, "trainer.steps": 3},
                                     "grid": {"sampler.branch": "choice(2, 3, 4)"}, "heartbeat_s": 1}, sort_keys=False))
-    cli = [sys.executable, "-m", "treepo_lab.sweep.commands"]
+    cli = [sys.executable, "-m", "treepo_lab.cli"]
     sweep = subprocess.Popen(cli + ["sweep", str(spec), "--storage", postgres, "--tracking-uri", mlflow_server],
                              stdout=open(tmp_path / "sweep.log", "w"), stderr=subprocess.STDOUT)
     storage = sto.open_storage(postgres)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from treepo_lab.cli_output import (UserError, configure_output, hint_for, print_eval, print_rollout, print_summary,
                                    print_warmstart, user_error_line)
+from treepo_lab.sweep.commands import SWEEP_COMMANDS
 
 USAGE = """usage: treepo-lab [-v] <command> [experiment=<name>] [key=value ...]
 
@@ -229,7 +230,10 @@ COMMANDS = {
                   "treepo-lab ui [port=5000] [tracking.tracking_uri=...]",
                   "Serves the store runs log to (tracking.tracking_uri, $MLFLOW_TRACKING_URI or ./mlflow.db) until Ctrl-C.",
                   own=("experiment", "port")),
+    **{name: Command(lambda own, overrides, raw, fn=fn: fn(raw), summary, use, details, own=())
+       for name, (fn, summary, use, details) in SWEEP_COMMANDS.items()},
 }
+RAW_ARGS = ("resume", *SWEEP_COMMANDS)  # commands that parse their own arguments
 
 
 def usage() -> str:
@@ -260,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_output(verbose)
     cmd = COMMANDS[name]
     try:
-        own, overrides = _split(args, cmd) if name != "resume" else ({}, [])
-        cmd.run(own, overrides, args)
+        own, overrides = _split(args, cmd) if name not in RAW_ARGS else ({}, [])
+        status = cmd.run(own, overrides, args)
     except Exception as err:  # user mistakes: one line + hint; anything else is a bug: traceback
         line = user_error_line(err)
         if line is None:
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"treepo-lab {name}: {line}", file=sys.stderr)
         print(f"hint: {hint_for(name, err, line)}", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
         study = st.create_study(spec, storage_obj, uri)
     parent = study.user_attrs.get(st.PARENT_ATTR)
     if parent is None:
-        parent = mr.start_parent(client, spec, uri)
+        parent = mr.start_parent(client, spec, uri, url)
         study.set_user_attr(st.PARENT_ATTR, parent)
     else:
         mr.reopen_parent(client, parent)
@@ -156,16 +156,17 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
         status = "workers-crashed"
         print(f"workers exited with {crashed}: see {log_dir(url, spec.name)}", file=out)
     summary = mr.finish_parent(client, parent, study, spec, status)
-    summary.update(parent_run_id=parent, storage=url, tracking_uri=uri, report=_report(spec, uri, parent, out))
+    summary.update(parent_run_id=parent, storage=url, tracking_uri=uri, report=_report(spec, uri, study, out))
     _print_summary(summary, spec, uri, out)
     return summary
 
 
-def _report(spec: SweepSpec, uri: str, parent: str, out) -> str | None:
+def _report(spec: SweepSpec, uri: str, study, out) -> str | None:
+    """The comparison report (reports issue), logged to the parent run; skipped while it is not installed."""
     if build_report is None:
         return None
     try:
-        return str(build_report(sweep=spec.name, tracking_uri=uri))
+        return str(build_report(sweep=spec.name, tracking_uri=uri, study=study))
     except Exception as err:  # the sweep's results stand without the report
         print(f"report not built: {type(err).__name__}: {err}", file=out)
         return None

@@ -20,22 +20,23 @@ from treepo_lab.track.mlflow_tracker import _experiment_id, check_reachable
 log = logging.getLogger(__name__)
 SWEEP_TAG, TRIAL_TAG, STATE_TAG, ROLE_TAG = "treepo.sweep_id", "treepo.trial", "treepo.trial_state", "treepo.sweep_role"
 STATUS_TAG, ERROR_TAG = "treepo.sweep_status", "treepo.error"
+NAME_TAG = "treepo.sweep"  # the sweep's name on the parent and every child (what the reports select by)
 # Optuna state -> MLflow run status of its child runs
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 def experiment(client: MlflowClient, spec: SweepSpec, uri: str) -> str:
+    """The sweep's experiment (created with the spec's description, and the tag that opens it as model
+    training in the UI; both kept if the user edits them later)."""
     check_reachable(uri)
-    exp_id = _experiment_id(client, spec.name, uri)
-    client.set_experiment_tag(exp_id, "mlflow.note.content", spec.description or f"treepo_lab sweep {spec.name}")
-    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    return exp_id
+    return _experiment_id(client, spec.name, uri, spec.description or f"treepo_lab sweep {spec.name}")
 
 
-def start_parent(client: MlflowClient, spec: SweepSpec, uri: str) -> str:
+def start_parent(client: MlflowClient, spec: SweepSpec, uri: str, storage_url: str) -> str:
     exp_id = experiment(client, spec, uri)
     run = client.create_run(exp_id, run_name=f"{spec.name} (sweep)", tags={
-        SWEEP_TAG: spec.name, ROLE_TAG: "parent", STATUS_TAG: "running",
+        SWEEP_TAG: spec.name, NAME_TAG: spec.name, ROLE_TAG: "parent", STATUS_TAG: "running",
+        "treepo.study": spec.name, "treepo.optuna_storage": storage_url,  # where the report finds the study
         "mlflow.note.content": spec.description or ""})
     rid = run.info.run_id
     params = {"sweep.experiment": spec.experiment, "sweep.sampler": spec.sampler["name"],

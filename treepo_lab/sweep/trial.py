@@ -83,7 +83,8 @@ def _failed_run(ctx: TrialContext, trial_number: int, point: dict, seed: int, er
     """A trial that failed before training could open its run still gets one, FAILED, with the error."""
     client = ctx.client
     run = client.create_run(ctx.experiment_id, run_name=run_name(trial_number, point, seed), tags={
-        "mlflow.parentRunId": ctx.parent_run_id, mr.SWEEP_TAG: ctx.spec.name, mr.TRIAL_TAG: str(trial_number),
+        "mlflow.parentRunId": ctx.parent_run_id, mr.SWEEP_TAG: ctx.spec.name, mr.NAME_TAG: ctx.spec.name,
+        mr.TRIAL_TAG: str(trial_number),
         "treepo.seed": str(seed), mr.ERROR_TAG: error[:8000], **swept_tags(point)})
     client.set_terminated(run.info.run_id, "FAILED")
     return run.info.run_id
@@ -112,7 +113,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             cfg.tracking.tracking_uri = ctx.tracking_uri
             cfg.tracking.experiment_name = spec.name
             cfg.tracking.run_name = run_name(trial.number, point, seed)
-            cfg.tracking.tags = {**cfg.tracking.tags, **swept_tags(point), mr.STATE_TAG: "RUNNING"}
+            cfg.tracking.tags = {**cfg.tracking.tags, **swept_tags(point), mr.STATE_TAG: "RUNNING", mr.NAME_TAG: spec.name}
             hook = PruningHook(trial, spec, i, cfg.trainer.steps, runs)
             trainer, history = run_experiment(cfg, sweep_id=spec.name, trial=trial.number,
                                               parent_run_id=ctx.parent_run_id, progress=False, on_eval=hook)
