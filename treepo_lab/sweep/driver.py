@@ -12,10 +12,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from treepo_lab.config import warmstart_config
+from treepo_lab.models.warmstart import warmstart
 from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import mlflow_runs as mr
 from treepo_lab.sweep import storage as sto
 from treepo_lab.sweep import study as st
+from treepo_lab.sweep.space import grid_points, marginal_points, trial_config
 from treepo_lab.sweep.spec import SweepSpec, load_spec
 from treepo_lab.sweep.validate import validate_spec
 from treepo_lab.track.config import TrackingConfig
@@ -84,6 +87,22 @@ def _stop_workers(procs: list[subprocess.Popen], grace_s: float = 120.0) -> None
             p.kill()
 
 
+def warm_start_once(spec: SweepSpec, out) -> None:
+    """Build (or find cached) every warm start the trials need before the workers start: N workers would
+    otherwise each build the same one at once."""
+    points = (grid_points(spec.params) or marginal_points(spec.params)) if spec.params else [{}]
+    done = set()
+    for point in points:
+        cfg = trial_config(spec, point, spec.seeds[0])
+        ws = warmstart_config(cfg)
+        if cfg.model.path is None and repr(ws) not in done:
+            done.add(repr(ws))
+            t0 = time.time()
+            path = warmstart(ws)
+            if time.time() - t0 > 5:
+                print(f"warm start built: {path} ({time.time() - t0:.0f} s)", file=out, flush=True)
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt  # stop like Ctrl-C: workers finish their cleanup, runs end KILLED
 
@@ -128,6 +147,7 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
             print(f"trials {reaped} lost their worker: failed and queued again", file=out)
     print(f"sweep {spec.name}: {workers} worker(s) x {max(1, cores() // workers)} thread(s); storage {url}; "
           f"MLflow {uri} (experiment {spec.name}); worker logs in {log_dir(url, spec.name)}", file=out)
+    warm_start_once(spec, out)
     started, status = time.time(), "finished"
     prev = signal.signal(signal.SIGTERM, _sigterm)
     procs = _start_workers(spec, url, uri, workers)

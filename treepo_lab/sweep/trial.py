@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             ctx.client.update_run(runs[seed], name=run_name(trial.number, point, int(seed)))
     runs = {s: r for s, r in runs.items() if s in seed_values}
     trial.set_user_attr(st.RUNS_ATTR, runs)
+    timing = {"run_s": 0.0, "train_s": 0.0}  # run_experiment, and its training loop (benchmarks/sweep.py)
     for i, seed in enumerate(spec.seeds):
         if str(seed) in seed_values:
             continue
@@ -115,8 +117,12 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             cfg.tracking.run_name = run_name(trial.number, point, seed)
             cfg.tracking.tags = {**cfg.tracking.tags, **swept_tags(point), mr.STATE_TAG: "RUNNING", mr.NAME_TAG: spec.name}
             hook = PruningHook(trial, spec, i, cfg.trainer.steps, runs)
+            t0 = time.perf_counter()
             trainer, history = run_experiment(cfg, sweep_id=spec.name, trial=trial.number,
                                               parent_run_id=ctx.parent_run_id, progress=False, on_eval=hook)
+            timing["run_s"] += time.perf_counter() - t0
+            timing["train_s"] += trainer.wall_s
+            trial.set_user_attr("timing", timing)
             runs[str(seed)] = trainer.tracker.run_id
             trial.set_user_attr(st.RUNS_ATTR, runs)
             values = final_values(spec, history)
