@@ -21,6 +21,7 @@ from treepo_lab.sweep import study as st
 from treepo_lab.sweep.space import grid_points, marginal_points, trial_config
 from treepo_lab.sweep.spec import SweepSpec, load_spec
 from treepo_lab.sweep.validate import validate_spec
+from treepo_lab.sweep.worker import quiet
 from treepo_lab.track.config import TrackingConfig
 
 try:  # the reports issue's comparison report; the sweep runs without it
@@ -44,7 +45,7 @@ def log_dir(url: str, name: str) -> Path:
 def progress_line(study, spec: SweepSpec, started: float) -> str:
     trials = study.get_trials(deepcopy=False)
     n = st.counts(trials)
-    total = len(trials) - len(st.retried(trials)) if not spec.grid else len(trials) - len(st.retried(trials))
+    total = len(trials) - len(st.retried(trials))
     target = spec.n_trials if not spec.grid else total
     done = n.get("COMPLETE", 0) + n.get("PRUNED", 0) + n.get("FAIL", 0) - len(st.retried(trials))
     line = (f"[{spec.name}] {done}/{max(target, total)} done: {n.get('COMPLETE', 0)} complete, {n.get('PRUNED', 0)} pruned, "
@@ -119,6 +120,7 @@ def prepare(spec_path: str, args: list[str], storage: str | None, tracking_uri: 
 def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, storage: str | None = None,
               tracking_uri: str | None = None, out=None, poll_s: float = 1.0) -> dict:
     out = out or sys.stdout
+    quiet()
     if workers < 1:
         raise ConfigError("--workers", workers, "an integer >= 1")
     spec, uri, url = prepare(spec_path, list(args or []), storage, tracking_uri)
@@ -129,8 +131,10 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
     if study is not None:
         st.check_resumable(study, spec)
         print(f"resuming study {spec.name!r} ({len(study.trials)} trials so far) from {url}", file=out)
-        if study.user_attrs.get(st.STOP_ATTR):
-            study.set_user_attr(st.STOP_ATTR, None)  # a new attempt; the failure check sees the same trials
+        study.set_user_attr(st.SPEC_ATTR, spec.source)  # e.g. a larger sweep.n_trials reaches every worker
+        if study.user_attrs.get(st.STOP_ATTR):  # a new attempt: the failure limit counts from here
+            study.set_user_attr(st.STOP_ATTR, None)
+            study.set_user_attr(st.FAILURE_WINDOW_ATTR, len(study.trials))
     else:
         study = st.create_study(spec, storage_obj, uri)
     parent = study.user_attrs.get(st.PARENT_ATTR)

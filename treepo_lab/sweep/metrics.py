@@ -17,15 +17,15 @@ LOGGED = (
     "cumulative/rollout/token_saving", "cumulative/rollout/forward_calls", "cumulative/timing_s/gen",
     "tree/depth/mean", "tree/fallback_count", "tree/leaves_per_prompt/mean",
     "timing_s/gen", "timing_s/step", "timing_s/update", "time/wall_s", "train/step",
+    # the saving against the sequential sampler on the same engine (rollout/token_saving: vs independent)
+    "rollout/token_saving_vs_sequential", "cumulative/rollout/token_saving_vs_sequential",
 )
-# issue 9's saving against the sequential sampler (logged by tree runs once the redesign is merged)
-LOGGED_LATER = ("rollout/token_saving_vs_sequential", "cumulative/rollout/token_saving_vs_sequential")
 PATTERNS = (r"eval/(avg|pass|maj)_at_\d+", r"tree/depth-\d+_ratio")
 
 
 def is_logged(metric: str) -> bool:
-    return metric in LOGGED or metric in LOGGED_LATER or any(re.fullmatch(p, metric) for p in PATTERNS)
+    return metric in LOGGED or any(re.fullmatch(p, metric) for p in PATTERNS)
 
 
 def suggestions(metric: str) -> list[str]:
-    return difflib.get_close_matches(metric, LOGGED + LOGGED_LATER, n=3, cutoff=0.5)
+    return difflib.get_close_matches(metric, LOGGED, n=3, cutoff=0.5)

@@ -15,6 +15,7 @@ from treepo_lab.sweep.space import grid_points
 from treepo_lab.sweep.spec import PRUNERS, SAMPLERS, SweepSpec, parse_spec
 
 SPEC_ATTR, URI_ATTR, PARENT_ATTR, STOP_ATTR = "spec", "tracking_uri", "parent_run_id", "stopped"
+FAILURE_WINDOW_ATTR = "failure_window_start"  # the failure limit counts trials from this number on
 ERROR_ATTR, INTERRUPTED_ATTR = "error", "interrupted"
 SEED_VALUES_ATTR, RUNS_ATTR = "seed_values", "mlflow_runs"
 # what must stay the same for a re-run to resume a study rather than start a different one
@@ -88,10 +89,11 @@ def work_left(spec: SweepSpec, trials: list[FrozenTrial]) -> bool:
     return len(trials) - len(retried(trials)) < spec.n_trials
 
 
-def failed_at_start(spec: SweepSpec, trials: list[FrozenTrial]) -> str | None:
-    """The first error when the first `failure_limit` finished trials all failed by raising (a spec that
-    cannot work); interrupted trials and dead workers do not count."""
-    done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.is_finished()
+def failed_at_start(spec: SweepSpec, trials: list[FrozenTrial], since: int = 0) -> str | None:
+    """The first error when the first `failure_limit` finished trials (numbered >= since: a re-run after a
+    stop tries again) all failed by raising (a spec that cannot work); interrupted trials and dead workers
+    do not count."""
+    done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.is_finished() and t.number >= since
             and not t.user_attrs.get(INTERRUPTED_ATTR) and "fail_reason" not in t.user_attrs]
     first = done[: spec.failure_limit]
     if len(first) == spec.failure_limit and all(t.state == TrialState.FAIL for t in first):

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import optuna
 from mlflow import MlflowClient
@@ -26,8 +27,12 @@ from treepo_lab.sweep.trial import TrialContext, run_trial
 
 
 def quiet() -> None:
-    """Workers write a log file, not a terminal: keep other libraries' INFO noise out of it."""
+    """Keep other libraries' INFO noise and Optuna's "experimental" warnings out of the progress display
+    and the worker logs (`-v` on the command line is the tracking engineer's switch for the rest)."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*(No artists with labels|quantiles select the same).*")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -68,7 +73,7 @@ def _next_trial(study: optuna.Study, spec, url: str, retry):
         if st.STOP_ATTR in study.user_attrs:
             return None
         trials = study.get_trials(deepcopy=False)
-        error = st.failed_at_start(spec, trials)
+        error = st.failed_at_start(spec, trials, study.user_attrs.get(st.FAILURE_WINDOW_ATTR) or 0)
         if error is not None:
             study.set_user_attr(st.STOP_ATTR, {"reason": f"the first {spec.failure_limit} trials all failed",
                                                "error": error})
