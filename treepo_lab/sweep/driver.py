@@ -208,9 +208,9 @@ def _print_summary(summary: dict, spec: SweepSpec, uri: str, out) -> None:
         print(f"  t{t['trial']:02d} {vals}{sd}  {t['params']}", file=out)
     if summary.get("report"):
         print(f"report: {summary['report']}", file=out)
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    print(f"MLflow UI: {mlflow_bin} ui --backend-store-uri {uri} --port 5000 --workers 1, then open "
-          f"http://127.0.0.1:5000 and the experiment {spec.name!r}", file=out)
+    cli = Path(sys.executable).parent / "treepo-lab"
+    print(f"MLflow UI: {cli if cli.exists() else 'treepo-lab'} ui tracking.tracking_uri={uri}   then open "
+          f"http://127.0.0.1:5000, experiment {spec.name!r} (parent run {summary['parent_run_id']})", file=out)
 
 
 def status_text(study_name: str, storage: str | None, tracking_uri: str | None = None) -> str:
