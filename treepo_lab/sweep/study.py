@@ -94,7 +94,7 @@ def failed_at_start(spec: SweepSpec, trials: list[FrozenTrial], since: int = 0) 
     stop tries again) all failed by raising (a spec that cannot work); interrupted trials and dead workers
     do not count."""
     done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.is_finished() and t.number >= since
-            and not t.user_attrs.get(INTERRUPTED_ATTR) and "fail_reason" not in t.user_attrs]
+            and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get("fail_reason")]
     first = done[: spec.failure_limit]
     if len(first) == spec.failure_limit and all(t.state == TrialState.FAIL for t in first):
         return first[0].user_attrs.get(ERROR_ATTR, "unknown error")

@@ -82,6 +82,9 @@ def _next_trial(study: optuna.Study, spec, url: str, retry):
             return WAIT if any(t.state == TrialState.RUNNING for t in trials) else None
         trial = study.ask()
         trial.set_user_attr(sto.WORKER_ATTR, sto.worker_record())
+        for attr in (st.INTERRUPTED_ATTR, st.ERROR_ATTR, sto.FAIL_REASON_ATTR):  # a retry copies its predecessor's
+            if trial.user_attrs.get(attr):
+                trial.set_user_attr(attr, None)
         return trial
 
 
