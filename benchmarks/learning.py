@@ -3,15 +3,24 @@
 Each method trains the same warm-started model for the same number of steps, per seed; held-out greedy
 accuracy (>= 1000 problems) is measured before and after, with bootstrap 95% intervals over problems.
 Prints a table and writes JSON (`accuracy_before`, and per method `accuracy_after`, `ci95`,
-`decoded_tokens`, `wall_s`, per seed). Runs log to an MLflow store beside the JSON.
+`decoded_tokens`, `wall_s`, `update_s` and `step_s` (means per training step), per seed). Runs log to an
+MLflow store beside the JSON.
 
-    python benchmarks/learning.py            # 3 seeds (about 40 minutes on 2 cores)
+Each method runs with tree packing of the policy update on (`trainer.packing=tree`, the default) and off
+(`flat`, entries named `<method>/flat`); the packing table compares their update and step times, and
+checks that TreePO's step gets >= 25% faster with packing while its accuracy stays inside the unpacked
+run's interval.
+
+    python benchmarks/learning.py            # 3 seeds x 3 methods x 2 packings (about 80 minutes on 2 cores)
     python benchmarks/learning.py --quick    # 1 seed
+    python benchmarks/learning.py --quick --steps 20 --eval-problems 500 --methods grpo treepo   # shortened
+    python benchmarks/learning.py --packing tree   # packing on only (the accuracy table as before)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -31,10 +40,11 @@ METHODS = {  # label -> registry experiment
 }
 
 
-def run_one(method: str, seed: int, args, store: str) -> dict:
+def run_one(method: str, seed: int, args, store: str, packing: str = "tree") -> dict:
     overrides = [
+        f"trainer.packing={packing}",
         f"seed={seed}", f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0",
-        f"trainer.eval_before={'true' if seed == args.seeds[0] else 'false'}",
+        f"trainer.eval_before={'true' if seed == args.seeds[0] and packing == args.packing[0] else 'false'}",
         f"trainer.max_wall_s={args.max_wall_s}", f"eval.n_problems={args.eval_problems}",
         f"tracking.tracking_uri={store}", "tracking.experiment_name=learning-benchmark",
         f"trainer.output_dir={args.out.parent / 'runs'}", *args.overrides,
@@ -44,7 +54,9 @@ def run_one(method: str, seed: int, args, store: str) -> dict:
     evals = [h for h in history if "eval/accuracy" in h]
     last_step = [h for h in history if "cumulative/rollout/decoded_tokens" in h and "actor/pg_loss" in h]
     per_problem = [float(np.mean(r["correct"])) for r in trainer.last_eval_records]
+    steps = [h for h in history if "timing_s/step" in h]
     return {
+        "packing": trainer.packing,  # what ran: tree, or flat when the model cannot take a tree mask
         "seed": seed,
         "accuracy_before": evals[0]["eval/accuracy"] if len(evals) > 1 else None,
         "accuracy_after": evals[-1]["eval/accuracy"],
@@ -53,9 +65,35 @@ def run_one(method: str, seed: int, args, store: str) -> dict:
         "decoded_tokens": last_step[-1]["cumulative/rollout/decoded_tokens"] if last_step else 0.0,
         "prefill_tokens": last_step[-1]["cumulative/rollout/prefill_tokens"] if last_step else 0.0,
         "wall_s": last_step[-1]["time/wall_s"] if last_step else 0.0,
+        "update_s": float(np.mean([h["timing_s/update"] for h in steps])) if steps else 0.0,  # per step
+        "step_s": float(np.mean([h["timing_s/step"] for h in steps])) if steps else 0.0,
         "steps": trainer.step,
         "run_id": getattr(trainer.tracker, "run_id", None),
     }
+
+
+def packing_table(methods: dict, names: list[str], console) -> dict:
+    """Update and step time per method, tree packing against flat (means per training step)."""
+    table = Table(title="policy update with tree packing (tree) and without (flat), seconds per step")
+    for col in ("method", "update tree", "update flat", "ratio", "step tree", "step flat", "ratio",
+                "accuracy tree", "flat 95% CI"):
+        table.add_column(col)
+    out = {}
+    for m in names:
+        t, f = methods[m], methods[f"{m}/flat"]
+        out[m] = {"update_ratio": t["update_s"] / f["update_s"], "step_ratio": t["step_s"] / f["step_s"],
+                  "step_drop": 1 - t["step_s"] / f["step_s"],
+                  "accuracy_inside_flat_ci": bool(f["ci95"][0] <= t["accuracy_after"] <= f["ci95"][1])}
+        table.add_row(m, f"{t['update_s']:.2f}", f"{f['update_s']:.2f}", f"{out[m]['update_ratio']:.2f}",
+                      f"{t['step_s']:.2f}", f"{f['step_s']:.2f}", f"{out[m]['step_ratio']:.2f}",
+                      f"{t['accuracy_after']:.3f}", f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
+    console.print(table)
+    if "treepo" in out:
+        for name, ok in {"treepo step wall drops >= 25% with packing": out["treepo"]["step_drop"] >= 0.25,
+                         "treepo packed accuracy inside the flat run's 95% CI":
+                             out["treepo"]["accuracy_inside_flat_ci"]}.items():
+            Console().print(f"{'PASS' if ok else 'MISS'}  {name}")
+    return out
 
 
 def main() -> None:
@@ -68,6 +106,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/learning.json"))
+    ap.add_argument("--packing", nargs="+", default=["tree", "flat"], choices=["tree", "flat"],
+                    help="trainer.packing values to run each method with (the first is the main table's)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every method")
     args = ap.parse_args()
@@ -77,16 +117,19 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{(args.out.parent / 'mlflow.db').resolve()}"
 
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    label = lambda m, p: m if p == args.packing[0] else f"{m}/{p}"  # noqa: E731
+    results: dict[str, list[dict]] = {label(m, p): [] for m in args.methods for p in args.packing}
     before = None
     t0 = time.perf_counter()
     for seed in args.seeds:  # seeds outermost, methods alternating: drift in machine load hits all alike
         for method in args.methods:
-            r = run_one(method, seed, args, store)
-            before = r["accuracy_before"] if r["accuracy_before"] is not None else before
-            results[method].append(r)
-            Console().print(f"[bold]{method}[/] seed {seed}: {r['accuracy_after']:.3f} after {r['steps']} steps, "
-                            f"{r['decoded_tokens']:.0f} decoded tokens, {r['wall_s']:.0f} s")
+            for packing in args.packing:
+                r = run_one(method, seed, args, store, packing)
+                before = r["accuracy_before"] if r["accuracy_before"] is not None else before
+                results[label(method, packing)].append(r)
+                Console().print(f"[bold]{label(method, packing)}[/] seed {seed}: {r['accuracy_after']:.3f} after "
+                                f"{r['steps']} steps, {r['decoded_tokens']:.0f} decoded tokens, {r['wall_s']:.0f} s, "
+                                f"update {r['update_s']:.2f} s/step ({r['packing']})")
 
     summary = {"accuracy_before": before, "seeds": args.seeds, "steps": args.steps,
                "eval_problems": args.eval_problems, "total_s": time.perf_counter() - t0, "methods": {}}
@@ -94,7 +137,7 @@ def main() -> None:
     console = Console(width=140)
     table = Table(title=f"held-out greedy accuracy (before: {before:.3f})")
     for col in ("method", "accuracy_after (mean)", "95% CI (pooled)", "gain", "decoded tokens",
-                "tokens / grpo", "wall s"):
+                "tokens / grpo", "wall s", "update s/step", "step s"):
         table.add_column(col)
     for method, runs in results.items():
         pooled = [x for r in runs for x in r["per_problem_correct"]]
@@ -103,13 +146,18 @@ def main() -> None:
         entry = {
             "accuracy_after": acc, "ci95": list(bootstrap_ci(pooled)), "gain": acc - before,
             "decoded_tokens": tokens, "wall_s": float(np.mean([r["wall_s"] for r in runs])),
+            "update_s": float(np.mean([r["update_s"] for r in runs])),
+            "step_s": float(np.mean([r["step_s"] for r in runs])), "packing": runs[0]["packing"],
             "tokens_vs_grpo": tokens / base_tokens if base_tokens else None,
             "per_seed": [{k: v for k, v in r.items() if k != "per_problem_correct"} for r in runs],
         }
         summary["methods"][method] = entry
         table.add_row(method, f"{acc:.3f}", f"[{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]", f"{acc - before:+.3f}",
-                      f"{tokens:.0f}", f"{entry['tokens_vs_grpo']:.2f}" if base_tokens else "-", f"{entry['wall_s']:.0f}")
+                      f"{tokens:.0f}", f"{entry['tokens_vs_grpo']:.2f}" if base_tokens else "-", f"{entry['wall_s']:.0f}",
+                      f"{entry['update_s']:.2f}", f"{entry['step_s']:.2f}")
     console.print(table)
+    if len(args.packing) == 2:
+        summary["packing"] = packing_table(summary["methods"], args.methods, console)
     if "treepo" in summary["methods"] and "grpo" in summary["methods"]:
         tp, gr = summary["methods"]["treepo"], summary["methods"]["grpo"]
         checks = {
@@ -121,6 +169,7 @@ def main() -> None:
         summary["targets"] = checks
         for name, ok in checks.items():
             Console().print(f"{'PASS' if ok else 'MISS'}  {name}")
+    summary["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.write_text(json.dumps(summary, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     Console().print(f"wrote {args.out}")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from treepo_lab.cli_output import (UserError, configure_output, hint_for, print_eval, print_rollout, print_summary,
-                                   print_warmstart, user_error_line)
+from treepo_lab.cli_output import (UserError, configure_output, hint_for, interrupted_line, print_eval, print_rollout,
+                                   print_summary, print_warmstart, user_error_line)
 from treepo_lab.sweep.commands import SWEEP_COMMANDS
 
 USAGE = """usage: treepo-lab [-v] <command> [experiment=<name>] [key=value ...]
@@ -82,11 +82,15 @@ def cmd_train(own, overrides, raw, default="default"):
 
 
 def cmd_resume(own, overrides, raw):
-    from treepo_lab.train.run import resume
+    from treepo_lab.train import run as train_run
 
     if not raw or "=" in raw[0]:
         raise UserError("resume needs a run id, run directory or checkpoint first", f"usage: {COMMANDS['resume'].usage}")
-    trainer, history = resume(raw[0], raw[1:])
+    try:
+        trainer, history = train_run.resume(raw[0], raw[1:])
+    except getattr(train_run, "RunComplete", ()) as done:  # nothing left to do: not an error
+        print(done)
+        return
     print_summary(trainer, history)
 
 
@@ -266,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         own, overrides = _split(args, cmd) if name not in RAW_ARGS else ({}, [])
         status = cmd.run(own, overrides, args)
+    except KeyboardInterrupt as stop:  # Ctrl-C: where the run stands, how to go on, no traceback
+        print(interrupted_line(stop), file=sys.stderr)
+        return 130
     except Exception as err:  # user mistakes: one line + hint; anything else is a bug: traceback
         line = user_error_line(err)
         if line is None:

@@ -89,6 +89,9 @@ SECTION_FILES = {"sampler": "rollout/config.py", "advantage": "algo/config.py", 
                  "engine": "engines/config.py", "tracking": "track/config.py"}
 
 
+NO_SUCH_KEY = "no such key: treepo-lab show prints every key; a key the config lacks is added with +key=value"
+
+
 def hint_for(cmd: str, err: BaseException, line: str = "") -> str:
     """A hint for this error (`line`: what user_error_line printed for it), not a generic one."""
     from treepo_lab.registry import ConfigError
@@ -99,6 +102,8 @@ def hint_for(cmd: str, err: BaseException, line: str = "") -> str:
     if isinstance(err, ConfigError):
         if err.key == "experiment":
             return "treepo-lab list names the experiments"
+        if "unknown key" in str(err.allowed):
+            return NO_SUCH_KEY
         doc = SECTION_FILES.get(err.key.split(".", 1)[0])
         where = f"; the comment of {err.key} in treepo_lab/{doc} says what it means" if doc else ""
         return f"treepo-lab show prints the resolved config{where}"
@@ -109,7 +114,7 @@ def hint_for(cmd: str, err: BaseException, line: str = "") -> str:
             return "a checkpoint is runs/<run>/checkpoints/step-NNNNNN, a run dir runs/<run>, or an MLflow run id"
         return "check the path; relative paths are read from the current directory"
     if "not in '" in text and "Could not override" in text:
-        return "no such key: treepo-lab show prints every key; a new key needs +key=value"
+        return NO_SUCH_KEY
     if "could not be converted" in text or "Error merging override" in text:
         return "treepo-lab show prints each key with a value of the right type"
     if "override_grammar" in text or "no viable alternative" in text or "mismatched input" in text:
@@ -117,6 +122,14 @@ def hint_for(cmd: str, err: BaseException, line: str = "") -> str:
     if "Cannot find primary config" in text:
         return "treepo-lab list names the experiments"
     return "treepo-lab --help"
+
+
+def interrupted_line(stop: KeyboardInterrupt) -> str:
+    """Ctrl-C: run_experiment raises a KeyboardInterrupt carrying .checkpoint and .resume_ref."""
+    ckpt, ref = getattr(stop, "checkpoint", None), getattr(stop, "resume_ref", None)
+    if ckpt is None:
+        return "interrupted: no checkpoint yet" + (f" (run {ref})" if ref else "")
+    return f"interrupted: checkpoint {ckpt} \u2014 resume with: treepo-lab resume {ref or ckpt}"
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -190,6 +203,11 @@ def print_summary(trainer, history: list[dict]) -> None:
         print(line + f", wall {fmt('time/wall_s', s['time/wall_s'])} s")
     if trainer.last_eval_records:
         _samples(trainer.last_eval_records, 3)
+    skipped, steps_done = getattr(trainer, "skipped_steps", 0), trainer.step
+    if skipped:
+        print(f"warning: {skipped} of {steps_done} steps skipped: every prompt was all-right or all-wrong in every "
+              f"DAPO round (nothing learned)" + ("; no step learned anything: raise reward.max_resample_rounds, "
+                                                "trainer.prompts_per_step or sampler.width" if skipped == steps_done else ""))
     tracker = trainer.tracker
     if tracker.run_id:
         print(f"MLflow experiment {tracker.experiment_name!r}, run {tracker.run_name} ({tracker.run_id}) in "

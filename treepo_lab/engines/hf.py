@@ -54,6 +54,11 @@ class HFEngine:
         self.counters = EngineCounters()
         if self.device.type == "cpu":
             kv.keep_freed_memory()
+        # a decode step passes its padding mask as a prepared 4-D additive mask where the attention
+        # applies one as given: transformers then skips building it from the 2-D mask at every call
+        # (~2 ms of a ~25 ms call at 128 rows on CPU, a larger share of the tree's smaller calls)
+        impl = getattr(model.config, "_attn_implementation", None)
+        self._mask_dtype = next(model.parameters()).dtype if impl in ("sdpa", "eager") else None
         self._drop_state()
 
     # -- protocol -------------------------------------------------------------------------------
@@ -119,6 +124,14 @@ class HFEngine:
         self.counters.forward_calls += 1
         return out.logits[:, -1]
 
+    def _step_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The attention mask of a one-token step: [rows, 1, 1, T], 0 where a cache column is a real
+        token and the dtype's min on left padding (or the 2-D mask where the attention needs that)."""
+        if self._mask_dtype is None:
+            return mask
+        bias = torch.zeros(mask.shape, dtype=self._mask_dtype, device=mask.device)
+        return bias.masked_fill_(mask == 0, torch.finfo(self._mask_dtype).min)[:, None, None, :]
+
     def _prefill(self, contexts: list[list[int]], headroom: int):
         """KV of context[:-1] for fresh rows (left-padded); the last token stays pending."""
         n = torch.tensor([len(c) - 1 for c in contexts])
@@ -176,7 +189,7 @@ class HFEngine:
 
         for step in range(max_tokens):
             mask = torch.cat([mask, ones[: mask.shape[0]]], dim=1)
-            logp = sampling_logprobs(self._forward(last[:, None], mask, pos[:, None], cache), sampling)
+            logp = sampling_logprobs(self._forward(last[:, None], self._step_mask(mask), pos[:, None], cache), sampling)
             tok = _sample(logp.exp(), gen)
             out_tok[row2req, step] = tok
             out_lp[row2req, step] = logp.gather(1, tok[:, None]).squeeze(1)

@@ -26,7 +26,8 @@ def sampling_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.T
     Order as in HF and vLLM: temperature, then top-k, then top-p on what top-k left. Filtered tokens
     get -inf. Ties at the top-k threshold are all kept (a rule shared by sampler and recompute).
     """
-    x = logits.float() / sampling.temperature
+    # float32 at least (bf16 logits), float64 kept: an exactness check in float64 stays float64
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32)) / sampling.temperature
     k = sampling.top_k
     if 0 < k < x.shape[-1]:
         kth = x.topk(k, dim=-1).values[..., -1:]

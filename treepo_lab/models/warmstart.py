@@ -7,7 +7,7 @@ RL has a clear, learnable improvement to find.
 
 The checkpoint is cached under `cache_dir/<hash of the config>`: it is built in a temporary directory,
 a marker file is written last, and the directory is renamed into place, so a half-written entry is never
-used (and concurrent builders simply race; the first rename wins).
+used. A lock file beside the entry lets one process build it while others wait and then reuse it.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from treepo_lab.engines.logprobs import pad_right
@@ -180,6 +181,20 @@ def warmstart(cfg: WarmstartConfig) -> Path:
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    # one builder per entry: a second process (a sweep worker) waits for the first, then reuses its entry
+    lock = FileLock(str(final.parent / f"{final.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"warm start: another process is building {final} (lock {lock.lock_file}); waiting for it", flush=True)
+        lock.acquire()
+    try:
+        return final if (final / MARKER).is_file() else _build(cfg, final)
+    finally:
+        lock.release()
+
+
+def _build(cfg: WarmstartConfig, final: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; other sweep workers must read the cache

@@ -135,6 +135,9 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self._ended = False
         self._sigterm_installed, self._prev_sigterm = False, None
+        # on resume: metric -> last step already logged. The steps between the last checkpoint and a
+        # crash are recomputed exactly, so their points are in MLflow already: one point per step.
+        self._logged_up_to: dict[str, int] = {}
 
     @classmethod
     def start(cls, cfg_dict_resolved: Any, tracking_cfg: TrackingConfig, experiment: str, seed: int,
@@ -194,6 +197,10 @@ class Tracker:
         tracker.experiment_name = client.get_experiment(run.info.experiment_id).name
         try:
             tracker._install_sigterm()
+            if resume_run_id:
+                tracker._logged_up_to = tracker._last_steps()
+                if "treepo.error" in run.data.tags:  # the error of the attempt this run resumes from
+                    client.delete_tag(run.info.run_id, "treepo.error")
             tracker.set_tags(tags)
             tracker.log_params(run_params(cfg), resume=resume_run_id is not None)
             # a resumed run keeps its first config.yaml; the resumed one is logged beside it
@@ -224,9 +231,28 @@ class Tracker:
                 value = float(value)  # numpy and 1-element torch scalars too
             except (TypeError, ValueError) as e:
                 raise TypeError(f"metric {key!r} is not a number: {value!r}") from e
-            entries.append(Metric(sanitize_key(key), value, ts, int(step)))
+            key = sanitize_key(key)
+            if int(step) > self._logged_up_to.get(key, -1):
+                entries.append(Metric(key, value, ts, int(step)))
         for i in range(0, len(entries), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=entries[i:i + METRICS_PER_BATCH])
+            self._call(self.client.log_batch, self.run_id, metrics=entries[i:i + METRICS_PER_BATCH])
+        self._logged_up_to.update((m.key, m.step) for m in entries)  # an eval at a training step: no 2nd point
+
+    def _last_steps(self) -> dict[str, int]:
+        run = self.client.get_run(self.run_id)
+        return {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1)
+                for k in run.data.metrics if not k.startswith("system/")}
+
+    def _call(self, fn, *args, **kwargs):
+        """A client call; a tracking server that stopped answering is a TrackingError naming it (MLflow
+        itself raises only after minutes of retries, with a message about a request)."""
+        try:
+            return fn(*args, **kwargs)
+        except (MlflowException, OSError) as e:  # requests' errors are OSErrors
+            if not self.tracking_uri.startswith(("http://", "https://")):
+                raise
+            reason = " ".join(str(e).split())[:300]
+            raise TrackingError(f"MLflow tracking server {self.tracking_uri} stopped answering ({reason})") from e
 
     def log_params(self, params: Mapping[str, Any], resume: bool = False) -> None:
         """Log params in chunks of 100. On resume, params that already exist are skipped (MLflow
@@ -240,25 +266,25 @@ class Tracker:
             new = {k: v for k, v in new.items() if k not in old}
         items = [Param(k, v) for k, v in new.items()]
         for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + PARAMS_PER_BATCH])
+            self._call(self.client.log_batch, self.run_id, params=items[i:i + PARAMS_PER_BATCH])
 
     def set_tag(self, key: str, value: Any) -> None:
-        self.client.set_tag(self.run_id, key, str(value))
+        self._call(self.client.set_tag, self.run_id, key, str(value))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
         for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=items[i:i + PARAMS_PER_BATCH])
+            self._call(self.client.log_batch, self.run_id, tags=items[i:i + PARAMS_PER_BATCH])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """JSON or YAML by the file's suffix (e.g. trees/step_000100.json, config.yaml)."""
-        self.client.log_dict(self.run_id, obj, artifact_file)
+        self._call(self.client.log_dict, self.run_id, obj, artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._call(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_trees(self, trees: list[dict], step: int) -> None:
         """Sample rollout trees (`Tree.to_dict()` each): trees/stepNNNNNN.json in the compact form
@@ -272,7 +298,7 @@ class Tracker:
         """Evaluation samples as one MLflow table (eval_samples.json, a `step` column; rows appended
         at every evaluation), which the UI's artifact view and Evaluation tab filter and sort."""
         if records:
-            self.client.log_table(self.run_id, data=eval_sample_rows(records, step), artifact_file=EVAL_TABLE)
+            self._call(self.client.log_table, self.run_id, data=eval_sample_rows(records, step), artifact_file=EVAL_TABLE)
 
     # -- ending
 
@@ -282,11 +308,16 @@ class Tracker:
             return
         self._ended = True
         self._restore_sigterm()
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            mlflow.end_run(status)  # also stops the system-metrics thread
-        else:  # ended out of order or from another thread: only mark it
-            self.client.set_terminated(self.run_id, status)
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:
+                mlflow.end_run(status)  # also stops the system-metrics thread
+            else:  # ended out of order or from another thread: only mark it
+                self.client.set_terminated(self.run_id, status)
+        except (MlflowException, OSError):  # the server is gone: ending must not mask why we stop
+            if not self.tracking_uri.startswith(("http://", "https://")):
+                raise
+            log.warning("could not mark MLflow run %s %s: %s stopped answering", self.run_id, status, self.tracking_uri)
 
     def finish(self, exc: BaseException | None = None) -> None:
         """End the run with the status an exception (or its absence) calls for."""

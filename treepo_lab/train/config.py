@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from treepo_lab.registry import ConfigError
 
+PACKINGS = ("tree", "flat")  # trainer.packing
+
 
 @dataclass
 class TrainerConfig:
@@ -12,7 +14,12 @@ class TrainerConfig:
     prompts_per_step: int = 8  # prompts per rollout (each gets w leaves)
     # prompts per optimizer step (ppo_mini_batch_size); null = prompts_per_step (one optimizer step per rollout)
     mini_batch_prompts: int | None = None
-    micro_batch_size: int = 64  # trajectories per forward/backward (memory knob; no effect on maths)
+    micro_batch_size: int = 64  # trajectories per forward/backward, packing=flat (memory knob; no effect on maths)
+    # tree: each prompt's leaves as one token trie, every shared prefix forwarded and back-propagated once,
+    # the loss and gradients equal to flat's (train/packing.py); falls back to flat, logged once, where the
+    # model's attention cannot take a custom 4-D mask. flat: every leaf its own padded row (official TreePO)
+    packing: str = "tree"
+    pack_tokens: int = 1024  # packing=tree: unique trie tokens per forward/backward (memory knob; no effect on maths)
     ppo_epochs: int = 1
     lr: float = 5e-5
     warmup_steps: int = 20  # linear warm-up, then constant
@@ -27,7 +34,7 @@ class TrainerConfig:
     output_dir: str = "runs"  # checkpoints go to <output_dir>/<run name>/
 
     def validate(self) -> None:
-        for key in ("steps", "prompts_per_step", "micro_batch_size", "ppo_epochs", "keep_last"):
+        for key in ("steps", "prompts_per_step", "micro_batch_size", "pack_tokens", "ppo_epochs", "keep_last"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key}", getattr(self, key), "an integer >= 1")
         if self.mini_batch_prompts is not None and self.mini_batch_prompts < 1:
@@ -36,6 +43,8 @@ class TrainerConfig:
         if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
             raise ConfigError("trainer.mini_batch_prompts", self.mini_batch_prompts,
                               f"a divisor of trainer.prompts_per_step={self.prompts_per_step}")
+        if self.packing not in PACKINGS:
+            raise ConfigError("trainer.packing", self.packing, f"one of {', '.join(PACKINGS)}")
         if not self.lr > 0:
             raise ConfigError("trainer.lr", self.lr, "a number > 0")
         if self.warmup_steps < 0:

@@ -1,11 +1,18 @@
-"""Run an experiment end to end: tracking run, trainer, checkpoints, artifacts.
+"""Run an experiment end to end: preflight, tracking run, trainer, checkpoints, artifacts.
 
-The MLflow run is opened (and a tracking server checked) after the config is validated and before any
-model is built, so a bad server fails fast and a crash anywhere after it marks the run FAILED.
+Order matters (issue 13): every check that can run before training (`preflight`: config, dataset, model
+files, tokenizer, positions, tracking URI and server; on resume the checkpoint's files) runs first, then the
+model is built, and only then is the MLflow run opened, so a bad input leaves no run, no run directory and
+no checkpoint, and only training itself can leave a FAILED run. The run directory is locked while a process
+writes it, and records the store its run lives in (tracking.json), so `resume <run dir>` works from any
+folder.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,59 +21,165 @@ from omegaconf import OmegaConf
 
 from treepo_lab.config import ExperimentConfig, to_object, validate
 from treepo_lab.models.load import resolve_device
-from treepo_lab.track.mlflow_tracker import Tracker
+from treepo_lab.overrides import check_override_keys
+from treepo_lab.registry import ConfigError
+from treepo_lab.track.config import TrackingConfig
+from treepo_lab.track.mlflow_tracker import Tracker, TrackingError, check_reachable
 from treepo_lab.train import checkpoint as ckpt
-from treepo_lab.train.preflight import preflight
+from treepo_lab.train.preflight import check_checkpoint, lock_run_dir, preflight
+from treepo_lab.train.progress import setup_step
 from treepo_lab.train.trainer import Trainer
 
 RUN_DIR_TAG = "treepo.run_dir"
+STORE_FILE = "tracking.json"  # {tracking_uri, run_id, experiment_id}: where this run directory's run lives
+
+
+class RunComplete(Exception):
+    """`resume` of a run that already reached trainer.steps and ended FINISHED: nothing to do."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the run ended KILLED; `checkpoint` is the latest one (None before the first), `resume_ref` what
+    to pass to `treepo-lab resume`."""
+
+    def __init__(self, checkpoint: Path | None, resume_ref: str):
+        self.checkpoint, self.resume_ref = checkpoint, resume_ref
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet (nothing to resume)"
+        super().__init__(f"interrupted: {where}" + (f"; resume with: treepo-lab resume {resume_ref}" if checkpoint else ""))
+
+
+def _run_name(cfg: ExperimentConfig, trial: int | None) -> str:
+    return cfg.tracking.run_name or "-".join(
+        [cfg.name] + ([f"t{trial}"] if trial is not None else []) + [f"s{cfg.seed}", time.strftime("%m%d-%H%M%S")])
+
+
+def _new_run_dir(cfg: ExperimentConfig, trial: int | None) -> tuple[Path, str]:
+    """A run directory nobody has written: an explicit tracking.run_name that exists is refused; an
+    automatic name that exists (two runs started in the same second) gets a suffix."""
+    name = _run_name(cfg, trial)
+    root = Path(cfg.trainer.output_dir).resolve()
+    if (root / name).exists() and cfg.tracking.run_name:
+        raise ConfigError("tracking.run_name", name, f"a new name: {root / name} already holds a run "
+                                                     f"(resume it: treepo-lab resume {root / name})")
+    base, n = name, 2
+    while (root / name).exists():
+        name, n = f"{base}-{n}", n + 1
+    return root / name, name
 
 
 def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: str | None = None,
                    sweep_id: str | None = None, trial: int | None = None, parent_run_id: str | None = None,
-                   progress: bool = True, on_eval=None) -> tuple[Trainer, list[dict]]:
+                   progress: bool = True, on_eval=None, store_uri: str | None = None) -> tuple[Trainer, list[dict]]:
     """`on_eval(step, metrics)` runs after every held-out evaluation (see Trainer); what it raises
-    propagates, after the trainer is closed and the run is marked by the tracker."""
+    propagates, after the trainer is closed and the run is marked by the tracker. `store_uri`: the store
+    a resumed run lives in (recorded in its run directory) when tracking.tracking_uri does not say."""
     cfg: ExperimentConfig = validate(to_object(cfg))
     for warning in preflight(cfg).warnings:  # every check that can fail before a run or folder exists
         print(f"warning: {warning}", file=sys.stderr)
-    device = str(resolve_device(cfg.model.device))
-    tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.tracking, cfg.name, cfg.seed,
-                            cfg.engine.name, device, sweep_id=sweep_id, trial=trial, parent_run_id=parent_run_id,
-                            resume_run_id=resume_run_id)
-    with tracker:
-        if resume_from is not None:
-            run_dir = Path(resume_from).resolve().parent.parent
-        else:
-            name = tracker.run_name or f"{cfg.name}-{time.strftime('%m%d-%H%M%S')}"
-            run_dir = (Path(cfg.trainer.output_dir) / name).resolve()
-        tracker.set_tag(RUN_DIR_TAG, str(run_dir))
-        trainer = Trainer(cfg, tracker=tracker, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
-        try:
-            history = trainer.fit(progress=progress)
-        finally:
-            trainer.close()
-        last = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        tracker.log_text(f"{last}\n", "checkpoint_location.txt")
-        tracker.set_tag("treepo.checkpoint", str(last))
+    tracking = cfg.tracking if cfg.tracking.tracking_uri or not store_uri else \
+        dataclasses.replace(cfg.tracking, tracking_uri=store_uri)
+    if tracking.enabled:
+        check_reachable(tracking.resolved_uri())
+    if resume_from is not None:
+        run_dir, name = Path(resume_from).resolve().parent.parent, None
+        check_checkpoint(Path(resume_from))
+    else:
+        run_dir, name = _new_run_dir(cfg, trial)
+    created = not run_dir.exists()
+    lock = lock_run_dir(run_dir)
+    try:
+        device = str(resolve_device(cfg.model.device))
+        # the model is built before the MLflow run exists: a model that fails to load leaves no run
+        with setup_step("loading the model, task and engine", enabled=progress):  # seconds here, minutes for vLLM
+            trainer = Trainer(cfg, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
+        tracking = tracking if name is None else dataclasses.replace(tracking, run_name=name)
+        tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), tracking, cfg.name, cfg.seed,
+                                cfg.engine.name, device, sweep_id=sweep_id, trial=trial, parent_run_id=parent_run_id,
+                                resume_run_id=resume_run_id)
+    except BaseException:
+        lock.release()
+        if created:  # nothing but the lock was written: leave no trace
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
+        _record_store(trainer, tracker, run_dir)
+        history = _train(trainer, tracker, run_dir, progress)
+    finally:
+        trainer.close()
+        lock.release()
     return trainer, history
 
 
-def find_checkpoint(ref: str) -> Path:
-    """A checkpoint dir, a run dir (its latest checkpoint), or an MLflow run id (its run dir tag)."""
+def _record_store(trainer: Trainer, tracker, run_dir: Path) -> None:
+    """The store and run id, in the run directory (and config.yaml), so a resume from any folder finds them."""
+    trainer.tracker = tracker
+    if tracker.run_id is None:
+        return
+    (run_dir / STORE_FILE).write_text(json.dumps({"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id,
+                                                  "experiment_id": tracker.experiment_id}))
+
+
+def _train(trainer: Trainer, tracker, run_dir: Path, progress: bool) -> list[dict]:
+    ref = tracker.run_id or str(run_dir)
+    try:
+        with tracker:
+            tracker.set_tag(RUN_DIR_TAG, str(run_dir))
+            try:
+                history = trainer.fit(progress=progress)
+            except Exception as err:
+                if not _server_gone(tracker):
+                    raise
+                # every tracker call sits between steps, so the trainer's state is whole: keep it
+                path = trainer.save()
+                raise TrackingError(f"the MLflow tracking server {tracker.tracking_uri} stopped answering at step "
+                                    f"{trainer.step}; checkpoint saved: {path}; when it is back: treepo-lab resume "
+                                    f"{run_dir}") from err
+            last = ckpt.latest_checkpoint(run_dir / "checkpoints")
+            tracker.log_text(f"{last}\n", "checkpoint_location.txt")
+            tracker.set_tag("treepo.checkpoint", str(last))
+    except KeyboardInterrupt:
+        raise RunInterrupted(ckpt.latest_checkpoint(run_dir / "checkpoints"), ref) from None
+    return history
+
+
+def _server_gone(tracker) -> bool:
+    uri = tracker.tracking_uri or ""
+    if not uri.startswith(("http://", "https://")):
+        return False
+    try:
+        check_reachable(uri, timeout_s=5.0)
+    except TrackingError:
+        return True
+    return False
+
+
+def _lookup_uri(overrides: list[str]) -> str:
+    """The store a run id is looked up in: a `tracking.tracking_uri=` override, else $MLFLOW_TRACKING_URI,
+    else ./mlflow.db (the defaults runs log to)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("tracking.tracking_uri=")]
+    return TrackingConfig(tracking_uri=given[-1] if given else None).resolved_uri()
+
+
+def find_checkpoint(ref: str, tracking_uri: str | None = None) -> Path:
+    """A checkpoint dir, a run dir (its latest checkpoint), or an MLflow run id (its run dir tag) looked up
+    in `tracking_uri` (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."""
     p = Path(ref)
     if (p / ckpt.DONE).is_file():
         return p
     if (p / "checkpoints").is_dir() and ckpt.latest_checkpoint(p / "checkpoints"):
         return ckpt.latest_checkpoint(p / "checkpoints")
     if not p.exists() and re.fullmatch(r"[0-9a-f]{32}", ref):  # an MLflow run id
-        import mlflow
+        from mlflow import MlflowClient
 
+        uri = tracking_uri or TrackingConfig().resolved_uri()
+        missing = f"{ref!r} is neither a checkpoint, a run directory nor an MLflow run id in {uri}; for a run in " \
+                  f"another store add tracking.tracking_uri=<its URI>, or pass its run directory"
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise FileNotFoundError(missing)  # a lookup must not create an empty store
         try:
-            run = mlflow.get_run(ref)
+            run = MlflowClient(uri).get_run(ref)
         except Exception as err:
-            raise FileNotFoundError(f"{ref!r} is neither a checkpoint, a run directory nor an MLflow run id "
-                                    f"in {mlflow.get_tracking_uri()}") from err
+            raise FileNotFoundError(missing) from err
         run_dir = run.data.tags.get(RUN_DIR_TAG)
         found = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints") if run_dir else None
         if found:
@@ -75,11 +188,37 @@ def find_checkpoint(ref: str) -> Path:
 
 
 def resume(ref: str, overrides: list[str] | None = None, progress: bool = True):
-    """Continue a run from its latest checkpoint with the config it was started with."""
-    path = find_checkpoint(ref)
-    state = ckpt.read_state(path)
+    """Continue a run from its latest checkpoint with the config it was started with (and `overrides`),
+    in the store recorded in its run directory. A finished run raises RunComplete; nothing is touched."""
+    overrides = list(overrides or [])
+    check_override_keys(ExperimentConfig, overrides)
+    given_uri = any(o.lstrip("+").startswith("tracking.tracking_uri=") for o in overrides)
+    path = find_checkpoint(ref, _lookup_uri(overrides) if given_uri else None)
     run_dir = path.parent.parent
+    earlier = [c for c in ckpt.list_checkpoints(run_dir / "checkpoints") if c != path]
+    state = check_checkpoint(path, earlier[-1] if earlier else None)
     base = OmegaConf.structured(ExperimentConfig)
     saved = OmegaConf.load(run_dir / "config.yaml")
-    cfg = OmegaConf.merge(base, saved, OmegaConf.from_dotlist(list(overrides or [])))
-    return run_experiment(cfg, resume_from=path, resume_run_id=state.get("run_id"), progress=progress)
+    store = run_dir / STORE_FILE
+    recorded = json.loads(store.read_text()) if store.is_file() else {}
+    cfg = validate(to_object(OmegaConf.merge(base, saved, OmegaConf.from_dotlist(overrides))))
+    uri = None if given_uri else recorded.get("tracking_uri")
+    run_id = state.get("run_id") or recorded.get("run_id")
+    if state["step"] >= cfg.trainer.steps and _finished(cfg, run_id, uri):
+        raise RunComplete(f"run {run_id or run_dir} is complete ({state['step']} of {cfg.trainer.steps} steps, "
+                          f"FINISHED): nothing to do; to train further: treepo-lab resume {ref} trainer.steps=<more>")
+    return run_experiment(cfg, resume_from=path, resume_run_id=run_id, progress=progress, store_uri=uri)
+
+
+def _finished(cfg: ExperimentConfig, run_id: str | None, store_uri: str | None) -> bool:
+    """Did the run end FINISHED? (No tracking: the final checkpoint alone says so.)"""
+    if not cfg.tracking.enabled or run_id is None:
+        return True
+    from mlflow import MlflowClient
+
+    uri = store_uri or cfg.tracking.resolved_uri()
+    try:
+        return MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    except Exception as err:  # noqa: BLE001  (the store moved or is down: say so, touch nothing)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise TrackingError(f"cannot read run {run_id} in {uri} ({first}); add tracking.tracking_uri=<its store>") from None

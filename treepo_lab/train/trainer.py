@@ -39,7 +39,9 @@ from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train.evaluate import evaluate
 from treepo_lab.train.metrics import batch_metrics, rollout_step_metrics
 from treepo_lab.train.progress import StepProgress, eval_progress
+from treepo_lab.train.packing import resolve_packing
 from treepo_lab.train.update import (
+    FORWARDS,
     LeafBatch,
     TrainingDiverged,
     leaf_logprobs,
@@ -89,6 +91,7 @@ class Trainer:
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
         self.scorer = Scorer(self.task, self.decode, cfg.trainer.reward_timeout_s)
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")
+        self.packing = resolve_packing(cfg.trainer.packing, self.model)  # tree, or flat with the reason logged
         self.ref_model = None
         if cfg.loss.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -205,15 +208,17 @@ class Trainer:
         batch = LeafBatch.from_trees(trees, self.tokenizer.pad_token_id)
         per_mb = minibatch_prompts(len(trees), tc.mini_batch_prompts or tc.prompts_per_step, tc.prompts_per_step)
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, _MINIBATCH))
-        plan = plan_minibatches(batch, tc.ppo_epochs, per_mb, tc.micro_batch_size, gen)
+        tree = self.packing == "tree"
+        plan = plan_minibatches(batch, tc.ppo_epochs, per_mb, tc.micro_batch_size, gen,
+                                pack_tokens=tc.pack_tokens if tree else None)
         first_epoch = [mic for mb in plan[0] for mic in mb]  # the same forwards as the first update: ratio 1
-        temp = cfg.sampler.temperature
+        temp, forward = cfg.sampler.temperature, FORWARDS[self.packing]
         self.model.eval()
-        old = leaf_logprobs(self.model, batch, first_epoch, temp)
-        ref = leaf_logprobs(self.ref_model, batch, first_epoch, temp) if self.ref_model is not None else None
+        old = leaf_logprobs(self.model, batch, first_epoch, temp, forward)
+        ref = leaf_logprobs(self.ref_model, batch, first_epoch, temp, forward) if self.ref_model is not None else None
         out = ppo_update(self.model, self.optimizer, batch, plan, old, adv.flat(), self.loss_fn, cfg.loss,
                          temperature=temp, max_response_len=cfg.sampler.max_response_len,
-                         grad_clip=tc.grad_clip, ref_logp=ref, step=step)
+                         grad_clip=tc.grad_clip, ref_logp=ref, step=step, forward=forward)
         self.scheduler.step()
         out["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         return out

@@ -5,7 +5,9 @@ by k leaves is trained k times, as the official code does, §1.8). Mini-batches 
 (a prompt's leaves stay together); micro-batches only bound memory: each micro-batch loss is weighted
 so that the mini-batch gradient is the same whatever the micro-batch size, in every loss_agg_mode.
 
-`forward_leaves` is the one per-leaf forward (a tree-packed forward replaces it and nothing else).
+`forward_leaves` is the one per-leaf forward; `packing.forward_packed` has its contract and forwards
+each micro-batch (then a pack of at most `pack_tokens` trie tokens) as one token trie, every shared
+prefix once, with the same loss and gradients (FORWARDS maps `trainer.packing` to them).
 Old log-probs are computed over the same micro-batches as the first epoch's, so the first mini-batch
 of the first epoch sees ratio exactly 1.
 """
@@ -21,6 +23,7 @@ from treepo_lab.algo.config import LossConfig
 from treepo_lab.engines.base import SamplingParams
 from treepo_lab.engines.logprobs import pad_right, token_logprobs
 from treepo_lab.rollout.tree import Tree
+from treepo_lab.train.packing import forward_packed, split_packs
 
 Plan = list[list[list[list[int]]]]  # epoch -> mini-batch -> micro-batch -> leaf indices
 
@@ -56,18 +59,25 @@ def forward_leaves(model, batch: LeafBatch, rows: list[int], temperature: float,
     return logp, ent, padded.response_mask
 
 
+FORWARDS = {"flat": forward_leaves, "tree": forward_packed}  # trainer.packing -> the per-leaf forward
+
+
 def place(values: list[torch.Tensor], response_mask: torch.Tensor) -> torch.Tensor:
-    """Scatter per-leaf response vectors (one value per response token) into the [n, L-1] layout."""
-    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    """Scatter per-leaf response vectors (one value per response token) into the [n, width] layout of
+    the forward (either). float32, or float64 when a value is (a float64 check must stay float64)."""
+    dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
+    out = torch.zeros(response_mask.shape, dtype=dtype, device=response_mask.device)
     for i, v in enumerate(values):
-        out[i, response_mask[i]] = v.to(out.device, torch.float32)
+        out[i, response_mask[i]] = v.to(out.device, dtype)
     return out
 
 
 def plan_minibatches(batch: LeafBatch, epochs: int, prompts_per_minibatch: int, micro_batch_size: int,
-                     generator: torch.Generator) -> Plan:
+                     generator: torch.Generator, pack_tokens: int | None = None) -> Plan:
     """Each epoch: prompts in a fresh random order, cut into mini-batches of `prompts_per_minibatch`
-    prompts; a mini-batch's leaves (in leaf order) cut into micro-batches."""
+    prompts; a mini-batch's leaves (in leaf order) cut into micro-batches of `micro_batch_size` leaves,
+    or, with `pack_tokens` (tree packing), into packs of at most that many unique trie tokens."""
+    seqs = list(zip(batch.prompts, batch.responses))
     n_prompts = max(batch.groups, default=-1) + 1
     plan = []
     for _ in range(epochs):
@@ -76,7 +86,10 @@ def plan_minibatches(batch: LeafBatch, epochs: int, prompts_per_minibatch: int, 
         for m in range(0, n_prompts, prompts_per_minibatch):
             chosen = set(order[m: m + prompts_per_minibatch])
             rows = [j for j, g in enumerate(batch.groups) if g in chosen]
-            epoch.append([rows[s: s + micro_batch_size] for s in range(0, len(rows), micro_batch_size)])
+            if pack_tokens is None:
+                epoch.append([rows[s: s + micro_batch_size] for s in range(0, len(rows), micro_batch_size)])
+            else:
+                epoch.append(split_packs(seqs, rows, pack_tokens))
         plan.append(epoch)
     return plan
 
@@ -88,11 +101,12 @@ def minibatch_prompts(n_prompts: int, mini_batch_prompts: int, prompts_per_step:
 
 
 @torch.no_grad()
-def leaf_logprobs(model, batch: LeafBatch, micro_batches: list[list[int]], temperature: float) -> list[torch.Tensor]:
+def leaf_logprobs(model, batch: LeafBatch, micro_batches: list[list[int]], temperature: float,
+                  forward=forward_leaves) -> list[torch.Tensor]:
     """Per leaf, the log-prob of each response token (no gradient), over the given micro-batches."""
     out: list[torch.Tensor | None] = [None] * len(batch)
     for mic in micro_batches:
-        lp, _, mask = forward_leaves(model, batch, mic, temperature)
+        lp, _, mask = forward(model, batch, mic, temperature)
         for r, j in enumerate(mic):
             out[j] = lp[r][mask[r]]
     return out
@@ -108,10 +122,10 @@ def _n_rows(batch: LeafBatch, rows: list[int], mode: str) -> int:
 def ppo_update(model, optimizer, batch: LeafBatch, plan: Plan, old_logp: list[torch.Tensor],
                advantages: list[torch.Tensor], loss_fn, loss_cfg: LossConfig, *, temperature: float,
                max_response_len: int, grad_clip: float, ref_logp: list[torch.Tensor] | None = None,
-               step: int = 0) -> dict[str, float]:
+               step: int = 0, forward=forward_leaves) -> dict[str, float]:
     """PPO epochs over the planned mini-batches: one optimizer step per mini-batch. Returns the mean of
     every loss metric and of the gradient norm (`actor/grad_norm`). Raises TrainingDiverged on a
-    non-finite loss or gradient, before the optimizer step."""
+    non-finite loss or gradient, before the optimizer step. `forward`: a value of FORWARDS."""
     sums: dict[str, list[float]] = {}
     mode = loss_cfg.loss_agg_mode
     model.train()
@@ -120,7 +134,7 @@ def ppo_update(model, optimizer, batch: LeafBatch, plan: Plan, old_logp: list[to
             total = sum(_n_rows(batch, mic, mode) for mic in micro_batches)
             optimizer.zero_grad(set_to_none=True)
             for mic in micro_batches:
-                lp, ent, mask = forward_leaves(model, batch, mic, temperature, with_entropy=True)
+                lp, ent, mask = forward(model, batch, mic, temperature, with_entropy=True)
                 loss, stats = loss_fn(
                     lp, place([old_logp[j] for j in mic], mask), place([advantages[j] for j in mic], mask), mask,
                     loss_cfg, ref_logp=place([ref_logp[j] for j in mic], mask) if ref_logp else None,
