@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from treepo_lab.cli_output import (UserError, configure_output, hint_for, interrupted_line, print_eval, print_rollout,
                                    print_summary, print_warmstart, user_error_line)
+from treepo_lab.sweep.commands import SWEEP_COMMANDS
 
 USAGE = """usage: treepo-lab [-v] <command> [experiment=<name>] [key=value ...]
 
@@ -210,7 +211,7 @@ def _analysis(name: str):
     return run
 
 
-RAW_ARGS = ("resume", "report", "export", "figures")  # commands that read their arguments themselves
+RAW_ARGS = ("resume", "report", "export", "figures", *SWEEP_COMMANDS)  # commands that read their arguments themselves
 OWN_HELP = ("report", "export", "figures")  # commands whose --help argparse prints
 
 COMMANDS = {
@@ -252,6 +253,8 @@ COMMANDS = {
                   "treepo-lab ui [port=5000] [tracking.tracking_uri=...]",
                   "Serves the store runs log to (tracking.tracking_uri, $MLFLOW_TRACKING_URI or ./mlflow.db) until Ctrl-C.",
                   own=("experiment", "port")),
+    **{name: Command(lambda own, overrides, raw, fn=fn: fn(raw), summary, use, details, own=())
+       for name, (fn, summary, use, details) in SWEEP_COMMANDS.items()},
 }
 
 
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = COMMANDS[name]
     try:
         own, overrides = _split(args, cmd) if name not in RAW_ARGS else ({}, [])
-        cmd.run(own, overrides, args)
+        status = cmd.run(own, overrides, args)
     except KeyboardInterrupt as stop:  # Ctrl-C: where the run stands, how to go on, no traceback
         print(interrupted_line(stop), file=sys.stderr)
         return 130
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"treepo-lab {name}: {line}", file=sys.stderr)
         print(f"hint: {hint_for(name, err, line)}", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

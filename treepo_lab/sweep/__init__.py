@@ -1,0 +1,1 @@
+"""Optuna sweeps over the experiment config: specs (sweeps/*.yaml), validation, workers, MLflow layout."""

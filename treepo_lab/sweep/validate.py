@@ -1,0 +1,105 @@
+"""Everything a spec can get wrong, refused before any Optuna study or MLflow run exists: unknown keys
+(with a did-you-mean), registry names, objective metrics that training never logs, and every point of a
+finite space (or each value of a larger one) that the experiment config's own validation rejects."""
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from treepo_lab.config import ExperimentConfig, list_experiments
+from treepo_lab.registry import ConfigError
+from treepo_lab.sweep import metrics
+from treepo_lab.sweep.grammar import override_value
+from treepo_lab.sweep.space import grid_points, marginal_points, trial_config
+from treepo_lab.sweep.spec import SweepSpec
+
+SPECIAL = ("experiment",)
+
+
+@lru_cache(maxsize=1)
+def config_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """(every dotted key of the experiment config, the keys of free-form dict fields such as tracking.tags)."""
+    keys, open_dicts = set(), set()
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for k in node.keys():
+            key = f"{prefix}{k}"
+            keys.add(key)
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                if OmegaConf.get_type(child) is dict:
+                    open_dicts.add(key)
+                else:
+                    walk(child, key + ".")
+
+    walk(OmegaConf.structured(ExperimentConfig), "")
+    return frozenset(keys), frozenset(open_dicts)
+
+
+def check_key(key: str, where: str) -> None:
+    keys, open_dicts = config_keys()
+    if key == "seed":
+        raise ConfigError(where, key, "a config key other than seed (list the seeds under seeds: instead)")
+    if key in keys or key in SPECIAL or any(key.startswith(d + ".") for d in open_dicts):
+        return
+    close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "see `treepo-lab show` for the config keys"
+    raise ConfigError(where, key, f"a key of the experiment config; {hint}")
+
+
+def check_experiments(spec: SweepSpec) -> None:
+    known = list_experiments()
+    names = [spec.experiment]
+    if any(p.key == "experiment" for p in spec.params):
+        p = spec.param("experiment")
+        if not p.finite:
+            raise ConfigError("search_space.experiment", p.text, "a choice(...) of registry experiments")
+        names += [str(v) for v in p.values]
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, known, n=3, cutoff=0.5)
+            raise ConfigError("experiment", n, f"a registry experiment (experiments/*.yaml)"
+                              f"{'; did you mean ' + ' or '.join(close) + '?' if close else ': ' + ', '.join(known)}")
+
+
+def check_objectives(spec: SweepSpec) -> None:
+    for i, o in enumerate(spec.objectives):
+        if not metrics.is_logged(o.metric):
+            close = metrics.suggestions(o.metric)
+            raise ConfigError(f"objectives[{i}].metric", o.metric,
+                              "a metric that training logs" + (f"; did you mean {' or '.join(close)}?" if close else
+                                                               " (eval/accuracy, cumulative/rollout/decoded_tokens, ...)"))
+
+
+def _point_text(point: dict) -> str:
+    return " ".join(f"{k}={override_value(v)}" for k, v in point.items()) or "(the fixed overrides)"
+
+
+def check_points(spec: SweepSpec) -> int:
+    """Compose and validate every point (or each value); returns how many points were checked."""
+    points = None if any(not p.finite for p in spec.params) else grid_points(spec.params)
+    checked = points if points is not None else marginal_points(spec.params)
+    for point in checked or [{}]:
+        try:
+            trial_config(spec, point, spec.seeds[0])
+        except ConfigError as err:
+            raise ConfigError(err.key, err.value, f"{err.allowed} (sweep point {_point_text(point)})") from None
+        except (HydraException, OmegaConfBaseException) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError("overrides", _point_text(point), f"values the config accepts ({first})") from None
+    return len(checked or [{}])
+
+
+def validate_spec(spec: SweepSpec) -> SweepSpec:
+    for p in spec.params:
+        check_key(p.key, "grid" if spec.grid else "search_space")
+    for o in spec.overrides:
+        check_key(o.split("=", 1)[0].lstrip("+~"), "overrides")
+    check_experiments(spec)
+    check_objectives(spec)
+    check_points(spec)
+    return spec
