@@ -8,6 +8,7 @@ on the line brings other libraries' output back.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 from treepo_lab.cli_output import (UserError, configure_output, hint_for, interrupted_line, print_eval, print_rollout,
@@ -184,8 +185,12 @@ def cmd_rollout(own, overrides, raw):
 
 
 def cmd_demo(own, overrides, raw):
+    """Warm start (cached), then the demo sweep (4 strategies x 2 seeds, 2 workers) and its report."""
+    from treepo_lab.sweep.commands import cmd_sweep
+
     cmd_warmstart(own, overrides, raw, default="demo")  # the embedded model and its held-out accuracy before RL
-    cmd_train(own, overrides, raw, default="demo")
+    spec = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
+    return cmd_sweep([str(spec if spec.is_file() else "sweeps/demo.yaml"), "--workers", "2", *overrides])
 
 
 def cmd_ui(own, overrides, raw):
@@ -215,9 +220,10 @@ RAW_ARGS = ("resume", "report", "export", "figures", *SWEEP_COMMANDS)  # command
 OWN_HELP = ("report", "export", "figures")  # commands whose --help argparse prints
 
 COMMANDS = {
-    "demo": Command(cmd_demo, "warm-start the embedded model, train TreePO on it for a few minutes, log to MLflow",
+    "demo": Command(cmd_demo, "warm-start the embedded model, run the demo sweep (4 strategies x 2 seeds) and its report",
                     "treepo-lab demo [key=value ...]",
-                    "Runs `warmstart` and then `train experiment=demo` (60 steps, about 3 minutes on 2 cores)."),
+                    "Runs `warmstart`, then `sweep sweeps/demo.yaml --workers 2` (GRPO, GRPO w/ tree sampling, TreePO\n"
+                    "fixed / random init divergence, 2 seeds each); key=value applies to every trial."),
     "list": Command(cmd_list, "the registered experiments (experiments/*.yaml) with one-line descriptions",
                     "treepo-lab list", "Takes no arguments.", own=(), overrides=False),
     "show": Command(cmd_show, "the resolved config of an experiment, every key with its value",
