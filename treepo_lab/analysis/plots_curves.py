@@ -52,10 +52,9 @@ def _label(g) -> str:
     return g.label + ("*" if g.running else "")
 
 
-def accuracy_vs_step(series: Series, grouping: Grouping, styles: StrategyStyles, out: Path, notes: list[str],
-                     key: str = ACCURACY) -> list[Path]:
-    fig, axes = figure(1, 2.6)
-    ax = axes[0, 0]
+def step_bands(ax, series: Series, grouping: Grouping, styles: StrategyStyles, key: str, ylabel: str,
+               notes: list[str], section: str) -> None:
+    """One band per group of `key` against the training step; a note and an empty panel where no run has it."""
     drawn = 0
     for g in grouping.groups:
         steps, mat = series.matrix(g, key)
@@ -63,10 +62,17 @@ def accuracy_vs_step(series: Series, grouping: Grouping, styles: StrategyStyles,
             draw_band(ax, steps, mat, styles, g.style_key, _label(g))
             drawn += 1
     if not drawn:
-        notes.append(f"accuracy vs step: no run logged {key}")
+        notes.append(f"{section}: no run logged {key}")
         no_data(ax, key)
     ax.set_xlabel("training step")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel(ylabel)
+
+
+def accuracy_vs_step(series: Series, grouping: Grouping, styles: StrategyStyles, out: Path, notes: list[str],
+                     key: str = ACCURACY) -> list[Path]:
+    fig, axes = figure(1, 2.6)
+    ax = axes[0, 0]
+    step_bands(ax, series, grouping, styles, key, "held-out accuracy", notes, "accuracy vs step")
     ax.set_title("mean over seeds, 95% bootstrap band")
     legend(fig, axes)
     return save(fig, out / "accuracy_vs_step")
@@ -103,16 +109,6 @@ def compute_matched(series: Series, grouping: Grouping, styles: StrategyStyles, 
 def dynamics(series: Series, grouping: Grouping, styles: StrategyStyles, out: Path, notes: list[str]) -> list[Path]:
     fig, axes = figure(2, 2.4, ncols=3)
     for ax, (key, ylabel) in zip(axes[0], DYNAMICS):
-        drawn = 0
-        for g in grouping.groups:
-            steps, mat = series.matrix(g, key)
-            if len(steps):
-                draw_band(ax, steps, mat, styles, g.style_key, _label(g))
-                drawn += 1
-        if not drawn:
-            notes.append(f"training dynamics: no run logged {key}")
-            no_data(ax, key)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
+        step_bands(ax, series, grouping, styles, key, ylabel, notes, "training dynamics")
     legend(fig, axes)
     return save(fig, out / "training_dynamics")

@@ -9,7 +9,7 @@ import numpy as np
 
 from treepo_lab.analysis import stats
 from treepo_lab.analysis.groups import Group, Grouping
-from treepo_lab.analysis.plots_curves import _label, draw_band, legend, no_data
+from treepo_lab.analysis.plots_curves import _label, legend, no_data, step_bands
 from treepo_lab.analysis.series import ACCURACY, TOKENS, Series
 from treepo_lab.analysis.style import StrategyStyles, figure, save
 
@@ -94,17 +94,7 @@ def tree_shape(series: Series, grouping: Grouping, styles: StrategyStyles, out: 
     ax.set_ylabel("share of leaves")
     for ax, key, ylabel in ((axes[0, 1], "tree/children_per_active_path/mean", "branches per active path"),
                             (axes[1, 0], "train/prompt_fallback_ratio", "prompts with fallback")):
-        drawn = 0
-        for g in grouping.groups:
-            steps, mat = series.matrix(g, key)
-            if len(steps):
-                draw_band(ax, steps, mat, styles, g.style_key, _label(g))
-                drawn += 1
-        if not drawn:
-            notes.append(f"tree shape: no run logged {key}")
-            no_data(ax, key)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
+        step_bands(ax, series, grouping, styles, key, ylabel, notes, "tree shape")
     ax = axes[1, 1]  # finish reasons: stacked bars, one per group, greys so strategy colours stay unique
     reasons = _ratio_keys(keys, FINISH_RE)
     shades = [str(v) for v in np.linspace(0.15, 0.9, max(len(reasons), 1))]
