@@ -24,6 +24,7 @@ from treepo_lab.track.mlflow_tracker import EXPERIMENT_KIND, Tracker, TrackingEr
 from treepo_lab.track.naming import default_experiment_name, flatten_config, git_commit, run_params, sanitize_key
 from treepo_lab.track.null import NULL_TRACKER
 from treepo_lab.track.strategy import strategy_tags
+from treepo_lab.track.ui import wait_healthy
 
 CFG = {
     "name": "default",
@@ -289,20 +290,6 @@ def test_unreachable_server_fails_fast():
     assert time.monotonic() - t0 < 10
 
 
-def _wait_health(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s} s")
-
-
 @pytest.mark.slow  # ~15-20 s: the server takes ~12 s to come up on 2 shared cores
 def test_server_serves_runs(store, tmp_path):
     port = free_port()
@@ -327,7 +314,7 @@ def test_server_serves_runs(store, tmp_path):
 
 
 def _check_server(url: str, proc: subprocess.Popen) -> None:
-    _wait_health(url, proc, timeout_s=40)
+    wait_healthy(url, proc, timeout_s=40)
     with start(url, "served") as tr:
         tr.log_metrics({"eval/pass@8": 0.25}, step=7)
     query = urllib.parse.urlencode({"run_id": tr.run_id})
