@@ -5,7 +5,7 @@ library: MLflow's artifact view shows the `.html` file as is, and reports embed 
 
 Layout: the prompt on top, one row per depth (segment), leaves spread evenly left to right in
 depth-first order and every node centred over the leaves below it. A node's colour is the mean reward
-of the leaves below it (red = low, green = high, on the tree's own reward range; grey = not scored),
+of the leaves below it (vermillion = low, blue = high, on the tree's own reward range; grey = not scored),
 so a glance shows which branches paid off. Hovering a node shows its segment text.
 """
 from __future__ import annotations
@@ -31,13 +31,19 @@ def _normalise(tree: Mapping) -> tuple[dict[int, dict], list[dict]]:
     return nodes, leaves
 
 
+# Okabe-Ito vermillion -> light grey -> blue: a diverging scale that colour-blind readers can tell apart
+# (red-to-green cannot); light grey in the middle keeps the node outlines and text readable.
+_REWARD_STOPS = ((213, 94, 0), (236, 236, 236), (0, 114, 178))
+
+
 def reward_colour(value: float | None, lo: float, hi: float) -> str:
-    """Red (lo) through yellow to green (hi); grey for None."""
+    """Vermillion (lo) through light grey to blue (hi); mid grey for None (no leaf below)."""
     if value is None:
-        return "#bbbbbb"
+        return "#9a9a9a"
     t = 0.5 if hi <= lo else min(1.0, max(0.0, (value - lo) / (hi - lo)))
-    r, g = (215, int(48 + t * 2 * (190 - 48))) if t < 0.5 else (int(215 - (t - 0.5) * 2 * (215 - 26)), 190)
-    return f"#{r:02x}{g:02x}{40:02x}"
+    a, b, u = (_REWARD_STOPS[0], _REWARD_STOPS[1], t * 2) if t < 0.5 else (_REWARD_STOPS[1], _REWARD_STOPS[2], t * 2 - 1)
+    r, g, bl = (round(x + (y - x) * u) for x, y in zip(a, b))
+    return f"#{r:02x}{g:02x}{bl:02x}"
 
 
 def _layout(nodes: dict[int, dict], leaves: list[dict]):
@@ -113,7 +119,7 @@ def tree_svg(tree: Mapping) -> str:
         out.append(f'<g><title>{html.escape(tip)}</title><circle cx="{px(x[nid]):.1f}" cy="{py(n["depth"]):.1f}" '
                    f'r="{R * 0.75:.1f}" fill="{reward_colour(m, lo, hi)}" stroke="#333"/></g>')
     out.append(f'<text x="{MARGIN}" y="{height - 6:.0f}" fill="#555">colour: mean reward of the leaves below '
-               f'(red {lo:g} .. green {hi:g}); hover a node for its segment text</text>')
+               f'(vermillion {lo:g} .. blue {hi:g}); hover a node for its segment text</text>')
     out.append("</svg>")
     return "\n".join(out)
 
