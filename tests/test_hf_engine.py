@@ -156,7 +156,10 @@ def test_append_layer_matches_dynamic_layer():
             ref.update(k, v)
             assert torch.equal(out[0], ref.keys) and torch.equal(out[1], ref.values)
         elif op < 0.75:
-            idx = torch.tensor([rng.randrange(rows) for _ in range(rng.randint(1, rows + 2))])
+            if rng.random() < 0.5:
+                idx = torch.tensor([rng.randrange(rows) for _ in range(rng.randint(1, rows + 2))])
+            else:  # a growing fork: rows stay, new rows past them copy some (one gather in place)
+                idx = torch.tensor(list(range(rows)) + [rng.randrange(rows) for _ in range(rng.randint(1, 3))])
             fast.batch_select_indices(idx)
             ref.batch_select_indices(idx)
             rows = len(idx)

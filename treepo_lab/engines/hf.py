@@ -22,7 +22,7 @@ import torch
 
 from treepo_lab.engines import kv
 from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
-from treepo_lab.engines.logprobs import entropy_of, sampling_logprobs
+from treepo_lab.engines.logprobs import sampling_logprobs
 
 
 def _sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -190,10 +190,11 @@ class HFEngine:
         for step in range(max_tokens):
             mask = torch.cat([mask, ones[: mask.shape[0]]], dim=1)
             logp = sampling_logprobs(self._forward(last[:, None], self._step_mask(mask), pos[:, None], cache), sampling)
-            tok = _sample(logp.exp(), gen)
+            probs = logp.exp()  # shared by sampling and the entropy (= entropy_of(logp), one exp less)
+            tok = _sample(probs, gen)
             out_tok[row2req, step] = tok
             out_lp[row2req, step] = logp.gather(1, tok[:, None]).squeeze(1)
-            out_ent[row2req, step] = entropy_of(logp)
+            out_ent[row2req, step] = torch.special.entr(probs).sum(dim=-1)
             n_out[row2req] = step + 1
             last, pos = tok, pos + 1
             done = tok == self.eos_token_id

@@ -34,7 +34,7 @@ class AppendLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n, q = self.get_seq_length(), key_states.shape[-2]
         b = key_states.shape[0]  # the buffers may hold more rows (spare, or left by compaction)
-        end = self._window_end()
+        end = self._known_end()
         if end is None or end + q > self._kbuf.shape[2]:
             capacity = _capacity(n, max(q, self.headroom or 0))
             self._kbuf = _alloc(key_states, b, capacity)
@@ -45,13 +45,14 @@ class AppendLayer(DynamicLayer):
         self._kbuf[:b, :, end : end + q] = key_states
         self._vbuf[:b, :, end : end + q] = value_states
         self.keys, self.values = self._kbuf[:b, :, end - n : end + q], self._vbuf[:b, :, end - n : end + q]
+        self._remember(end + q)
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         n = self.get_seq_length()
         if n == 0:
             return
-        end, rows = self._window_end(), len(indices)
+        end, rows = self._known_end(), len(indices)
         room = self.headroom if self.headroom is not None else 0
         if end is not None and rows <= self._kbuf.shape[0] and end + room <= self._kbuf.shape[2]:
             # in place: buffer row i becomes old row indices[i]; only rows that change are copied.
@@ -60,10 +61,18 @@ class AppendLayer(DynamicLayer):
             moved = (indices != torch.arange(rows, device=indices.device)).nonzero().squeeze(1)
             if len(moved):
                 src = indices[moved]
+                lo, count = int(moved[0]), len(moved)
+                # a growing fork moves rows only into new rows past every source row: then one
+                # gather straight into that block, no temporary (half the copies)
+                tail = int(moved[-1]) == lo + count - 1 and int(src.max()) < lo
                 for buf in (self._kbuf, self._vbuf):
                     window = buf[:, :, end - n : end]
-                    window.index_copy_(0, moved, window.index_select(0, src))
+                    if tail:
+                        torch.index_select(window[:lo], 0, src, out=window[lo : lo + count])
+                    else:
+                        window.index_copy_(0, moved, window.index_select(0, src))
             self.keys, self.values = self._kbuf[:rows, :, end - n : end], self._vbuf[:rows, :, end - n : end]
+            self._remember(end)
             return
         # the batch grew (or ran out of columns): fresh buffers, filled by one copy
         self._kbuf = _alloc(self.keys, rows, _capacity(n, room))
@@ -72,6 +81,20 @@ class AppendLayer(DynamicLayer):
         # than the advanced indexing DynamicLayer uses
         self.keys = torch.index_select(self.keys, 0, indices, out=self._kbuf[:rows, :, :n])
         self.values = torch.index_select(self.values, 0, indices, out=self._vbuf[:rows, :, :n])
+        self._remember(n)
+
+    def _remember(self, end: int) -> None:
+        """Note that keys/values (these very objects) end at buffer column `end`."""
+        self._known = (self.keys, self.values, end)
+
+    def _known_end(self) -> int | None:
+        """_window_end without its checks while keys/values are the views this layer last set
+        (identity: anything that replaces them, e.g. trim or merge, makes a new object): a few
+        microseconds per layer per decode step."""
+        known = getattr(self, "_known", None)
+        if known is not None and known[0] is self.keys and known[1] is self.values:
+            return known[2]
+        return self._window_end()
 
     def _window_end(self) -> int | None:
         """The buffer column right after keys/values, or None when they are not a window of them."""
