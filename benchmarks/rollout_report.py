@@ -60,6 +60,23 @@ def _headline(best: dict) -> dict:
     }
 
 
+def forward_split(best: dict, ref: dict | None) -> dict:
+    """What limits the wall ratio: the forward time of the two rows as a fixed cost per call plus a
+    cost per processed token (solved from the two rows; None when their token counts are equal).
+    With the same number of calls on both sides, the fixed part is paid in full by the tree."""
+    out = {"forward_vs_seq": _div(best["forward_s"], ref and ref["forward_s"]),
+           "forward_ms_per_call": _div(1e3 * best["forward_s"], best["forward_calls"]),
+           "fixed_ms_per_call": None, "forward_us_per_token": None}
+    if ref and ref["processed"] != best["processed"] and best["forward_calls"] and ref["forward_calls"]:
+        # forward_s = calls * a + processed * c, both rows
+        (n1, t1, f1), (n2, t2, f2) = ((r["forward_calls"], r["processed"], r["forward_s"]) for r in (best, ref))
+        det = n1 * t2 - n2 * t1
+        if det:
+            out["fixed_ms_per_call"] = 1e3 * (f1 * t2 - f2 * t1) / det
+            out["forward_us_per_token"] = 1e6 * (n1 * f2 - n2 * f1) / det
+    return out
+
+
 def _init_label(init) -> str:
     return "b0=b" if init is None else "b0={}-{}".format(*init)
 
@@ -81,6 +98,7 @@ def summarize(rows: list[dict], meta: dict) -> dict:
                    f"sequential = {best['seq_ref']}",
         **_headline(best),
         "targets": targets(best),
+        "forward_split": forward_split(best, next((r for r in rows if r["name"] == best["seq_ref"]), None)),
         "best_by_init_div": by_init,
         "meta": meta,
         "rows": rows,
@@ -128,6 +146,11 @@ def print_report(result: dict) -> None:
                   "capped: leaves that hit the length or depth budget")
     console.print(f"best row (*): {result['best_row']} ({result['best_by']})", markup=False)
     _print_targets(console, result["targets"])
+    fs = result.get("forward_split") or {}
+    console.print(f"  forward time: tree/sequential {_f(fs.get('forward_vs_seq'), '{:.3f}')}, "
+                  f"{_f(fs.get('forward_ms_per_call'))} ms per call; split over both rows: "
+                  f"{_f(fs.get('fixed_ms_per_call'))} ms fixed per call + "
+                  f"{_f(fs.get('forward_us_per_token'), '{:.0f}')} us per token", markup=False)
     for label, sub in result["best_by_init_div"].items():
         if sub["best_row"] != result["best_row"]:
             console.print(f"best {label} row: {sub['best_row']}", markup=False)

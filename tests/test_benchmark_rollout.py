@@ -71,6 +71,19 @@ def test_targets_pass_at_the_limit_and_miss_above_it():
     assert worse["tree wall <= (token ratio + 0.1)x sequential"]["pass"] is False
 
 
+def test_forward_split_solves_both_rows():
+    # fixed cost per call + cost per token that reproduce the forward time of both rows
+    tree = {"forward_s": 0.45, "forward_calls": 65, "processed": 3480}
+    seq = {"forward_s": 0.83, "forward_calls": 65, "processed": 7831}
+    fs = rollout_report.forward_split(tree, seq)
+    for r in (tree, seq):
+        model = r["forward_calls"] * fs["fixed_ms_per_call"] / 1e3 + r["processed"] * fs["forward_us_per_token"] / 1e6
+        assert model == pytest.approx(r["forward_s"])
+    assert fs["forward_vs_seq"] == pytest.approx(0.45 / 0.83)
+    same = rollout_report.forward_split(tree, dict(tree))  # equal token counts: no split
+    assert same["fixed_ms_per_call"] is None and same["forward_us_per_token"] is None
+
+
 def test_smoke_hf(tmp_path):
     out = tmp_path / "rollout.json"
     proc = run("--smoke", "--out", str(out))
