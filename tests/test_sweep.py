@@ -173,8 +173,9 @@ def test_ctrl_c_kills_running_trials_in_mlflow(env):
     tmp, over, uri = env
     spec = write_spec(tmp / "int.yaml", "int", {**over, "trainer.steps": 200}, {"sampler.branch": "choice(2)"})
     cmd = [sys.executable, "-m", "treepo_lab.cli", "sweep", str(spec), "--tracking-uri", uri]
-    with open(tmp / "int.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp / "int.log", "w") as log:  # started as `cmd &` in a script would be: SIGINT ignored on entry
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     client = MlflowClient(uri)
 
     def child_running():

@@ -149,11 +149,17 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
             reaped = sto.reap_dead_workers(study, retry)
         if reaped:
             print(f"trials {reaped} lost their worker: failed and queued again", file=out)
+    fixed = mr.reconcile(client, mr.experiment(client, spec, uri), spec.name, study.get_trials(deepcopy=False))
+    if fixed:
+        print(f"trials {fixed}: MLflow runs given their final Optuna state", file=out)
     print(f"sweep {spec.name}: {workers} worker(s) x {max(1, cores() // workers)} thread(s); storage {url}; "
           f"MLflow {uri} (experiment {spec.name}); worker logs in {log_dir(url, spec.name)}", file=out)
     warm_start_once(spec, out)
     started, status = time.time(), "finished"
     prev = signal.signal(signal.SIGTERM, _sigterm)
+    # a process started in the background of a shell (nohup ... &, CI) inherits SIGINT ignored: Ctrl-C or
+    # `kill -INT` must still stop the sweep cleanly
+    prev_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     procs = _start_workers(spec, url, uri, workers)
     tty, last = out.isatty() if hasattr(out, "isatty") else False, ""
     try:
@@ -170,6 +176,7 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
         _stop_workers(procs)
     finally:
         signal.signal(signal.SIGTERM, prev)
+        signal.signal(signal.SIGINT, prev_int)
     print(("\n" if tty else "") + progress_line(study, spec, started), file=out)
     stop = study.user_attrs.get(st.STOP_ATTR)
     if stop and status == "finished":
@@ -179,6 +186,7 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
     if crashed and status == "finished" and st.work_left(spec, study.get_trials(deepcopy=False)):
         status = "workers-crashed"
         print(f"workers exited with {crashed}: see {log_dir(url, spec.name)}", file=out)
+    mr.reconcile(client, mr.experiment(client, spec, uri), spec.name, study.get_trials(deepcopy=False))
     summary = mr.finish_parent(client, parent, study, spec, status)
     summary.update(parent_run_id=parent, storage=url, tracking_uri=uri, report=_report(spec, uri, study, out))
     _print_summary(summary, spec, uri, out)

@@ -76,6 +76,20 @@ def mark_trial(client: MlflowClient, exp_id: str, sweep: str, trial: int, state:
     return len(runs)
 
 
+def reconcile(client: MlflowClient, exp_id: str, sweep: str, trials) -> list[int]:
+    """Finished trials whose child runs do not carry their final state yet: a worker killed between telling
+    Optuna and tagging MLflow leaves them so. Optuna's state is the truth; returns the trials fixed."""
+    final = {t.number: t.state.name for t in trials if t.state.name in RUN_STATUS}
+    runs = client.search_runs([exp_id], f"tags.`{SWEEP_TAG}` = '{sweep}'", run_view_type=ViewType.ACTIVE_ONLY,
+                              max_results=50000)
+    stale = sorted({int(r.data.tags[TRIAL_TAG]) for r in runs if TRIAL_TAG in r.data.tags
+                    and int(r.data.tags[TRIAL_TAG]) in final
+                    and r.data.tags.get(STATE_TAG) != final[int(r.data.tags[TRIAL_TAG])]})
+    for number in stale:
+        mark_trial(client, exp_id, sweep, number, final[number])
+    return stale
+
+
 def close_dead_trial(uri: str, exp_name: str, sweep: str):
     """The storage's retry callback: a dead worker's runs end KILLED, their trial FAIL."""
     def on_failed(trial) -> None:

@@ -101,6 +101,7 @@ def work(study_name: str, storage_url: str, worker_index: int = 0, threads: int 
 
         torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored even if started in the background
     study, spec = st.load_for_worker(study_name, sto.open_storage(storage_url), worker_index)
     uri = tracking_uri or study.user_attrs[st.URI_ATTR]
     retry = sto.CloseRunsAndRetry(spec.max_retry, mr.close_dead_trial(uri, spec.name, spec.name))
