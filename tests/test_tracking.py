@@ -24,7 +24,7 @@ from treepo_lab.track.mlflow_tracker import EXPERIMENT_KIND, Tracker, TrackingEr
 from treepo_lab.track.naming import default_experiment_name, flatten_config, git_commit, run_params, sanitize_key
 from treepo_lab.track.null import NULL_TRACKER
 from treepo_lab.track.strategy import strategy_tags
-from treepo_lab.track.ui import wait_healthy
+from treepo_lab.track.ui import stop_ui, wait_healthy
 
 CFG = {
     "name": "default",
@@ -310,7 +310,7 @@ def test_server_serves_runs(store, tmp_path):
             print((tmp_path / "server.log").read_text()[-3000:])
             raise
         finally:
-            _stop_group(proc)
+            stop_ui(proc)  # the group the server was started in
 
 
 def _check_server(url: str, proc: subprocess.Popen) -> None:
@@ -332,19 +332,6 @@ def _check_server(url: str, proc: subprocess.Popen) -> None:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert [x["info"]["run_id"] for x in json.load(r)["runs"]] == [tr.run_id]
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)  # the group we created with start_new_session
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 # ----------------------------------------------------------------------------------------- the registry
