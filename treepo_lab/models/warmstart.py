@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,7 +95,9 @@ def train(cfg: WarmstartConfig):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     smooth = None
-    bar = tqdm(range(cfg.steps), desc="warm start", unit="step")
+    # on a terminal the bar redraws in place; into a log file (make demo > log, CI) a line every 30 s
+    live = sys.stderr.isatty()
+    bar = tqdm(range(cfg.steps), desc="warm start", unit="step", mininterval=0.1 if live else 30.0, file=sys.stderr)
     for _ in bar:
         ids, mask, labels = demonstration_batch(task, tokenizer, cfg, rng)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -104,7 +107,7 @@ def train(cfg: WarmstartConfig):
         opt.step()
         sched.step()
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{smooth:.3f}")
+        bar.set_postfix(loss=f"{smooth:.3f}", refresh=False)
     return model.eval(), tokenizer, smooth
 
 
