@@ -31,6 +31,8 @@ def quiet() -> None:
     and the worker logs (`-v` on the command line is the tracking engineer's switch for the rest)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*(No artists with labels|quantiles select the same).*")
+    # importance evaluators' notes on their own target sign and on too few trials (the report says it)
+    warnings.filterwarnings("ignore", message=".*(computes the importances of params|too small to compute importances).*")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
