@@ -149,7 +149,8 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
             reaped = sto.reap_dead_workers(study, retry)
         if reaped:
             print(f"trials {reaped} lost their worker: failed and queued again", file=out)
-    fixed = mr.reconcile(client, mr.experiment(client, spec, uri), spec.name, study.get_trials(deepcopy=False))
+    exp_id = mr.experiment(client, spec, uri)
+    fixed = mr.reconcile(client, exp_id, spec.name, study.get_trials(deepcopy=False))
     if fixed:
         print(f"trials {fixed}: MLflow runs given their final Optuna state", file=out)
     print(f"sweep {spec.name}: {workers} worker(s) x {max(1, cores() // workers)} thread(s); storage {url}; "
@@ -186,7 +187,7 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
     if crashed and status == "finished" and st.work_left(spec, study.get_trials(deepcopy=False)):
         status = "workers-crashed"
         print(f"workers exited with {crashed}: see {log_dir(url, spec.name)}", file=out)
-    mr.reconcile(client, mr.experiment(client, spec, uri), spec.name, study.get_trials(deepcopy=False))
+    mr.reconcile(client, exp_id, spec.name, study.get_trials(deepcopy=False))
     summary = mr.finish_parent(client, parent, study, spec, status)
     summary.update(parent_run_id=parent, storage=url, tracking_uri=uri, report=_report(spec, uri, study, out))
     _print_summary(summary, spec, uri, out)

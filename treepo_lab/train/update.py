@@ -1,7 +1,8 @@
 """The PPO policy update of one training step (TREEPO_SPEC.md §2.7), as plain functions.
 
-Every leaf is one row: its prompt + its response, with its own per-token advantages (a prefix shared
-by k leaves is trained k times, as the official code does, §1.8). Mini-batches are drawn by prompt
+Every leaf is one row: its prompt + its response, with its own per-token advantages. With
+`trainer.packing: flat` a prefix shared by k leaves is trained k times, as the official code does (§1.8);
+with `tree` (the default) it is forwarded once. Mini-batches are drawn by prompt
 (a prompt's leaves stay together); micro-batches only bound memory: each micro-batch loss is weighted
 so that the mini-batch gradient is the same whatever the micro-batch size, in every loss_agg_mode.
 
