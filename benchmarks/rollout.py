@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (cpu 5, gpu 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes on 2 prompts first")
     p.add_argument("--no-generate", action="store_true", help="skip the model.generate row")
+    p.add_argument("--hf-decode", choices=("lean", "model"), default="lean",
+                   help="HF engine decode steps: the lean step (engines/decode_step.py) or the model forward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a small shared machine)")
     p.add_argument("--max-load", type=float, default=1.5, help="wait while the 1-min load average is above")
     p.add_argument("--wait-load", type=float, default=1800, help="seconds to wait for a quiet machine")
@@ -163,13 +165,22 @@ def load_prompts(args, tokenizer) -> list[str]:
 
 
 class ForwardTimer:
-    """Wall time inside the model's forward calls, for model.generate (the engines count their own)."""
+    """Wall time inside the model's forward calls during `with timer:` (model.generate; the engines
+    count their own). Hooks are attached only inside: the HF engine runs the model forward, not its
+    lean decode step, while a model carries hooks."""
 
     def __init__(self, model):
-        self.model, self.seconds, self._t0 = model, 0.0, 0.0
+        self.model, self.seconds, self._t0, self._handles = model, 0.0, 0.0, []
         self.cuda = next(model.parameters()).is_cuda
-        model.register_forward_pre_hook(self._start)
-        model.register_forward_hook(self._stop)
+
+    def __enter__(self):
+        self._handles = [self.model.register_forward_pre_hook(self._start),
+                         self.model.register_forward_hook(self._stop)]
+        return self
+
+    def __exit__(self, *_):
+        for h in self._handles:
+            h.remove()
 
     def _start(self, *_):
         self._t0 = time.perf_counter()
@@ -203,7 +214,8 @@ class Bench:
         self.prompts = [self.tok(t)["input_ids"] for t in self.texts]
         self.engines = {}
         if need_hf:
-            self.engines["hf"] = build_engine("hf", self.model, self.tok)  # samples on the model's device
+            # samples on the model's device
+            self.engines["hf"] = build_engine("hf", self.model, self.tok, hf_decode=args.hf_decode)
         if args.engine == "vllm":
             try:
                 from treepo_lab.engines.vllm_engine import import_vllm
@@ -261,7 +273,7 @@ class Bench:
         enc = self.tok(texts, return_tensors="pt", padding=True, padding_side="left").to(self.model.device)
         torch.manual_seed(seed)
         before, t0 = self.timer.seconds, time.perf_counter()
-        with torch.inference_mode():  # exactly what a user would write, sampling defaults included
+        with torch.inference_mode(), self.timer:  # what a user would write, sampling defaults included
             out = self.model.generate(**enc, num_return_sequences=self.args.width, do_sample=True,
                                       max_new_tokens=spec.d * spec.l)
         wall = time.perf_counter() - t0
@@ -364,7 +376,7 @@ def main(argv=None) -> dict:
     meta = {"mode": args.mode, "engine": args.engine, "model": model_dir, "width": args.width,
             "branch": args.branch, "init_div": args.init_div, "prompts": len(bench.prompts),
             "budget": args.budget, "grid": [f"{d}x{l}" for d, l in args.grid], "repeats": args.repeats,
-            "threads": args.threads,  "seed": args.seed,
+            "threads": args.threads, "seed": args.seed, "hf_decode": args.hf_decode,
             "code": code_version(), "load_average": load,
             "smoke": args.smoke,
             "vllm_skipped": args.engine == "vllm" and "vllm" not in bench.engines}

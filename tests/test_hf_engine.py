@@ -89,10 +89,12 @@ def assert_matches_recompute(model, paths, sampling):
     assert lp_err < TOL and ent_err < TOL, f"engine vs recompute: logprob {lp_err:.2e}, entropy {ent_err:.2e}"
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "model-forward"])
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["t1", "t0.7-topk", "t0.8-topp"])
-def test_forks_match_recompute(model, sampling):
+def test_forks_match_recompute(model, sampling, lean):
     for seed in (1, 2):
-        engine = HFEngine(model, EOS, PAD)
+        engine = HFEngine(model, EOS, PAD, lean_decode=lean)
+        assert (engine._lean is not None) == lean
         paths = run_tree(engine, sampling, seed)
         assert len(paths) > 12
         assert_matches_recompute(model, paths, sampling)

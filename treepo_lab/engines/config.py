@@ -4,6 +4,7 @@ Data and value checks only; `name` is checked against the engine registry in tre
 The HF engine runs the policy model object itself, on `model.device` (the one device setting); none of
 the vLLM options apply to it. vLLM loads its own copy and picks its own device. A null option means
 the platform default, filled in by `engines/vllm_engine.py` (`resolve_options`) as each comment says.
+`hf_decode` is the one HF-only option.
 """
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from typing import Any
 from treepo_lab.registry import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+HF_DECODES = ("lean", "model")
 
 
 @dataclass
 class EngineConfig:
     name: str = "hf"  # hf (transformers, KV-cache forking) | vllm (automatic prefix caching)
+    # ---- HF only ----
+    # decode steps: lean = the model's own modules without the transformers forward around them
+    # (engines/decode_step.py; Llama, Qwen2, Mistral; others fall back to the model forward, said once),
+    # model = the transformers forward at every step
+    hf_decode: str = "lean"
     # ---- vLLM only ----
     # float32 | bfloat16 | float16 | auto; null: float32 on CPU (agrees with the HF recompute), bfloat16 on GPU
     dtype: str | None = None
@@ -41,6 +48,8 @@ class EngineConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
 
     def validate(self) -> None:
+        if self.hf_decode not in HF_DECODES:
+            raise ConfigError("engine.hf_decode", self.hf_decode, f"one of {', '.join(HF_DECODES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError("engine.dtype", self.dtype, f"null (platform default) or one of {', '.join(DTYPES)}")
         if not 0 < self.gpu_memory_utilization <= 1:

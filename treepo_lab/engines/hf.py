@@ -15,14 +15,20 @@ every path not named as a parent is released. Rows that sample EOS leave the bat
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import torch
 
 from treepo_lab.engines import kv
+from treepo_lab.engines.decode_step import LeanDecodeStep, unsupported_reason
 from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
 from treepo_lab.engines.logprobs import sampling_logprobs
+
+
+_log = logging.getLogger(__name__)
+_LOGGED: set[str] = set()
 
 
 def _sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -44,7 +50,8 @@ class _Live:
 class HFEngine:
     """Engine protocol over any transformers causal LM with full attention (see module doc)."""
 
-    def __init__(self, model, eos_token_id: int, pad_token_id: int | None = None, device=None):
+    def __init__(self, model, eos_token_id: int, pad_token_id: int | None = None, device=None,
+                 lean_decode: bool = True):
         if device is not None:
             model.to(device)
         self.model = model
@@ -59,6 +66,10 @@ class HFEngine:
         # (~2 ms of a ~25 ms call at 128 rows on CPU, a larger share of the tree's smaller calls)
         impl = getattr(model.config, "_attn_implementation", None)
         self._mask_dtype = next(model.parameters()).dtype if impl in ("sdpa", "eager") else None
+        # decode steps through the model's own modules without the transformers forward around them
+        # (decode_step.py): the fixed cost per call is what the tree's wall time paid for its savings
+        self.lean_decode = lean_decode
+        self._lean = LeanDecodeStep(model) if lean_decode and self._lean_reason() is None else None
         self._drop_state()
 
     # -- protocol -------------------------------------------------------------------------------
@@ -81,13 +92,26 @@ class HFEngine:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         self._check(requests)
         was_training = self.model.training
-        self.model.eval()  # no dropout while sampling, whatever mode the trainer left
+        # no dropout while sampling, whatever mode the trainer left; train()/eval() walk every module
+        # (~1 ms a call on the tiny model), so only when some module is training
+        switch = was_training or any(m.training for m in self.model.modules())
+        if switch:
+            self.model.eval()
         try:
             return self._generate(requests, max_tokens, sampling, seed)
         finally:
-            self.model.train(was_training)
+            if switch:
+                self.model.train(was_training)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _lean_reason(self) -> str | None:
+        """Why decode steps run the model forward (None: the lean step runs them); logged once."""
+        reason = unsupported_reason(self.model)
+        if reason is not None and reason not in _LOGGED:
+            _LOGGED.add(reason)
+            _log.info("hf engine: decode steps run the model forward (%s)", reason)
+        return reason
 
     def _drop_state(self) -> None:
         self._cache = self._mask = self._last = self._pos = None
@@ -111,18 +135,22 @@ class HFEngine:
             if len(r.context) != live.length or r.context[-1] != live.last:
                 raise ValueError(f"path {r.path_id}: context does not continue parent {r.parent_id}")
 
-    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
-        """One model forward; returns the logits of the last position [rows, V]."""
+    def _forward(self, ids, mask, positions, cache, lean=None) -> torch.Tensor:
+        """One forward (the lean step when given, for one token per row [rows] ids and positions;
+        else the model's); returns the logits of the last position [rows, V]."""
         t0 = time.perf_counter()
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
-        )
+        if lean is not None:
+            logits = lean(ids, mask, positions, cache)
+        else:
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            ).logits[:, -1]
         if self.device.type == "cuda":  # CUDA is asynchronous: charge the kernels to the forward
             torch.cuda.synchronize(self.device)
         self.counters.forward_s += time.perf_counter() - t0
         self.counters.forward_calls += 1
-        return out.logits[:, -1]
+        return logits
 
     def _step_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The attention mask of a one-token step: [rows, 1, 1, T], 0 where a cache column is a real
@@ -186,10 +214,18 @@ class HFEngine:
         ended = torch.zeros(n_req, dtype=torch.bool, device=dev)
         gen = torch.Generator(device=dev).manual_seed(seed)
         ones = torch.ones((len(row2req), 1), dtype=mask.dtype, device=dev)
+        # checked per call: hooks added since (a probe, an adapter) must run, so the model forward does
+        lean = self._lean if self._lean is not None and self._lean_reason() is None else None
+        if lean is not None:
+            lean.prepare()  # this call's weights (the trainer updates them in place between calls)
 
         for step in range(max_tokens):
             mask = torch.cat([mask, ones[: mask.shape[0]]], dim=1)
-            logp = sampling_logprobs(self._forward(last[:, None], self._step_mask(mask), pos[:, None], cache), sampling)
+            if lean is not None:
+                logits = self._forward(last, self._step_mask(mask), pos, cache, lean)
+            else:
+                logits = self._forward(last[:, None], self._step_mask(mask), pos[:, None], cache)
+            logp = sampling_logprobs(logits, sampling)
             probs = logp.exp()  # shared by sampling and the entropy (= entropy_of(logp), one exp less)
             tok = _sample(probs, gen)
             out_tok[row2req, step] = tok

@@ -10,7 +10,7 @@ from treepo_lab.engines.config import EngineConfig
 from treepo_lab.engines.factory import ENGINES, special_ids
 from treepo_lab.engines.hf import HFEngine
 
-# EngineConfig fields are all vLLM options (or the name), so a whole EngineConfig can be passed as opts
+# EngineConfig fields are vLLM options, the name and hf_decode, so a whole EngineConfig can be passed as opts
 _ENGINE_CONFIG_FIELDS = {f.name for f in fields(EngineConfig)}
 
 
@@ -20,4 +20,4 @@ def build(model, tokenizer, **opts) -> HFEngine:
     unknown = set(opts) - _ENGINE_CONFIG_FIELDS
     if unknown:
         raise TypeError(f"hf engine: unknown options {sorted(unknown)} (the device is the model's: model.device)")
-    return HFEngine(model, eos_token_id=eos, pad_token_id=pad)
+    return HFEngine(model, eos_token_id=eos, pad_token_id=pad, lean_decode=opts.get("hf_decode", "lean") == "lean")
