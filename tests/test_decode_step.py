@@ -65,7 +65,7 @@ def test_lean_step_equals_model_forward(case):
         mask = torch.cat([mask, torch.ones(4, 1, dtype=mask.dtype)], dim=1)
         want = model(input_ids=last[:, None], attention_mask=additive(mask), position_ids=p[:, None],
                      past_key_values=caches[0], use_cache=True).logits[:, -1]
-        got = step(last, additive(mask), p, caches[1])
+        got = step(last, p, caches[1], additive(mask)[:, 0])
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         assert want.std() > 0.1  # a sharp model: a wrong position or KV row would show far above this
         last, p = want.argmax(-1), p + 1
@@ -85,7 +85,7 @@ def test_a_wrong_rotary_position_is_caught():
             model(input_ids=ids, attention_mask=mask[:, :3], position_ids=pos, past_key_values=cache, use_cache=True)
         want = model(input_ids=torch.tensor([[8]]), attention_mask=additive(mask), position_ids=torch.tensor([[3]]),
                      past_key_values=caches[0], use_cache=True).logits[:, -1]
-        got = step(torch.tensor([8]), additive(mask), torch.tensor([4]), caches[1])
+        got = step(torch.tensor([8]), torch.tensor([4]), caches[1], additive(mask)[:, 0])
     assert (got - want).abs().max() > 1e-3
 
 

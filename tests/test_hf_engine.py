@@ -21,6 +21,8 @@ torch.set_num_threads(1)
 EOS, PAD, VOCAB = 1, 0, 40
 TOL = 1e-4
 REAL_FORK = kv.fork_cache
+REAL_BIAS = HFEngine._sibling_bias
+REAL_MATERIALIZE = kv.materialize
 SAMPLINGS = [
     SamplingParams(temperature=1.0),
     SamplingParams(temperature=0.7, top_k=8),
@@ -91,52 +93,45 @@ def assert_matches_recompute(model, paths, sampling):
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "model-forward"])
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["t1", "t0.7-topk", "t0.8-topp"])
-def test_forks_match_recompute(model, sampling, lean):
+def test_forks_match_recompute(model, sampling, lean, monkeypatch):
     for seed in (1, 2):
         engine = HFEngine(model, EOS, PAD, lean_decode=lean)
         assert (engine._lean is not None) == lean
+        grouped = []  # calls that ran sibling groups (and gave survivors rows of their own)
+        monkeypatch.setattr(kv, "materialize", lambda *a: grouped.append(1) or REAL_MATERIALIZE(*a))
         paths = run_tree(engine, sampling, seed)
+        assert grouped, "the random trees should have exercised sibling groups"
         assert len(paths) > 12
         assert_matches_recompute(model, paths, sampling)
 
 
-class SharedRowsCache(DynamicCache):
-    """What a fork that shares rows instead of copying them amounts to: siblings forked from one
-    parent read and write ONE storage row, and the last writer wins. (Real aliasing cannot be built
-    in a batched cache: torch refuses in-place writes into rows that alias each other.)"""
-
-    def __init__(self, kv, group):
-        super().__init__(ddp_cache_data=kv)
-        self.group = group  # rows with the same group id share storage
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        rows = key_states.shape[0]
-        if len(self.group) < rows:  # rows prefilled after the fork share with no one
-            extra = torch.arange(rows - len(self.group)) + int(self.group.max()) + 1
-            self.group = torch.cat([self.group, extra])
-        writer = torch.full((int(self.group.max()) + 1,), -1).scatter_reduce(
-            0, self.group, torch.arange(rows), "amax"
-        )[self.group]
-        return super().update(key_states[writer], value_states[writer], layer_idx, *args, **kwargs)
-
-    def batch_select_indices(self, indices):
-        super().batch_select_indices(indices)
-        self.group = self.group[indices]
+def siblings_see_each_other(engine, mask, g, max_tokens):
+    """A sibling mask that lets every slot of a group read all of its siblings' tokens."""
+    bias = REAL_BIAS(engine, mask, g, max_tokens)
+    bias[:, :, mask.shape[1]:] = 0
+    return bias
 
 
-def shared_fork(cache, rows):
-    kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
-    return SharedRowsCache(kv, group=rows.clone())
+def materialized_from_next_slot(cache, mask, flat, g, steps):
+    """Survivors get their next sibling's decoded columns."""
+    return REAL_MATERIALIZE(cache, mask, flat - flat % g + (flat + 1) % g, g, steps)[:2] + (
+        torch.arange(len(flat)),)
 
 
 def misrouted_fork(cache, rows):  # every child continues its neighbour's parent
     return REAL_FORK(cache, rows.roll(1))
 
 
-@pytest.mark.parametrize("broken", [shared_fork, misrouted_fork], ids=["shared-rows", "misrouted"])
-def test_broken_fork_is_caught(model, monkeypatch, broken):
+@pytest.mark.parametrize("target, broken", [
+    (kv, ("fork_cache", misrouted_fork)),
+    (HFEngine, ("_sibling_bias", siblings_see_each_other)),
+    (kv, ("materialize", materialized_from_next_slot)),
+], ids=["misrouted", "siblings-see-each-other", "wrong-slot-materialized"])
+def test_broken_fork_is_caught(model, monkeypatch, target, broken):
+    """Each way a fork could go wrong (a child continuing another path, siblings reading each
+    other's tokens within a call, a survivor handed a sibling's tokens) breaks the recompute."""
     sampling = SamplingParams(temperature=1.0)
-    monkeypatch.setattr(kv, "fork_cache", broken)
+    monkeypatch.setattr(target, *broken)
     paths = run_tree(HFEngine(model, EOS, PAD), sampling, seed=1)
     with pytest.raises(AssertionError):
         assert_matches_recompute(model, paths, sampling)
@@ -192,11 +187,19 @@ def frequent_token(model) -> int:
     return int(torch.tensor([t for o in outs for t in o.tokens]).bincount().argmax())
 
 
-def test_eos_stops_rows_and_compaction_keeps_exactness(model):
+@pytest.mark.parametrize("siblings", [False, True], ids=["distinct-contexts", "sibling-groups"])
+def test_eos_stops_rows_and_compaction_keeps_exactness(model, siblings):
+    """Rows that sample EOS leave the batch at once. With distinct contexts every row is one
+    path; with 5 shared contexts (groups of ~5 siblings) a group's row leaves once all of its
+    children have ended, and the survivors are then materialized into rows of their own."""
     eos = frequent_token(model)
     engine = HFEngine(model, eos_token_id=eos, pad_token_id=PAD)
     sampling = SamplingParams(temperature=1.0)
-    reqs = [SegmentRequest(i, [c for c in range(2, 2 + 1 + i % 5) if c != eos]) for i in range(24)]
+    tokens = [t for t in range(2, VOCAB) if t != eos]
+    # sibling groups need a shared context longer than what their extra columns cost (hf.py): 70
+    shared = [tokens[j % len(tokens)] for j in range(70)] if siblings else []
+    reqs = [SegmentRequest(i, shared + [c for c in range(2, 2 + 1 + i % 5) if c != eos]
+                           + ([] if siblings else [tokens[i]])) for i in range(24)]
     batch_sizes = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
     try:
@@ -209,9 +212,11 @@ def test_eos_stops_rows_and_compaction_keeps_exactness(model):
         assert (o.tokens[-1] == eos) == o.eos and eos not in o.tokens[:-1]
         assert o.eos or len(o.tokens) == 16
     decode = batch_sizes[1:]  # after the one prefill forward
-    # each finished row left the batch at once
     assert len(decode) == 16 and decode == sorted(decode, reverse=True)
-    assert decode[-1] == len(outs) - sum(len(o.tokens) < 16 for o in outs)
+    if siblings:  # group rows: the 5 contexts
+        assert decode[0] == 5
+    else:  # each finished row left the batch at once
+        assert decode[-1] == len(outs) - sum(len(o.tokens) < 16 for o in outs)
     paths = {r.path_id: (r.context, o.tokens, o.logprobs, o.entropies) for r, o in zip(reqs, outs)}
     assert_matches_recompute(model, paths, sampling)
     # an EOS-ended path is gone; the survivors (moved around by compaction) fork on exactly

@@ -56,11 +56,15 @@ def unsupported_reason(model) -> str | None:
 
 
 class LeanDecodeStep:
-    """`step(ids, mask, pos, cache)`: logits [rows, vocab] of one new token per row.
+    """`step(ids, pos, cache, bias, flat, g)`: logits [children, vocab] of one new token per child.
 
-    ids [rows] the tokens to feed, pos [rows] their positions, mask [rows, 1, 1, T+1] the additive
-    mask over the cache's T columns plus the new one, cache the engine's DynamicCache (appended to).
-    Call `prepare()` whenever the weights may have changed (the engine does, once per generate call).
+    ids, pos [children] the tokens to feed and their positions; cache the engine's DynamicCache
+    (appended to); bias [rows, g, T + g] the additive mask over the cache's T columns plus this
+    step's. With g == 1 the cache rows are the children (flat None); with g > 1 they are sibling
+    groups and child c sits in slot flat[c] % g of row flat[c] // g (hf.py): the slots' queries
+    attend to their row's columns in one batch entry, so a shared context is read once.
+    Call `prepare(max_position)` whenever the weights may have changed (the engine does, once per
+    generate call).
 
     Fewer torch calls per layer is the point (each costs microseconds whatever its size): q, k and v
     come from one matmul over the concatenated weights, as do gate and up; RoPE rotates q and k in
@@ -76,12 +80,12 @@ class LeanDecodeStep:
         attn = model.model.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.n_q, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.gqa = self.n_kv != self.n_q
         self._cos = self._sin = None
         self._layers: list[tuple] = []
 
-    def prepare(self) -> None:
-        """Concatenate this moment's weights (a few hundred microseconds on the tiny model)."""
+    def prepare(self, max_position: int | None = None) -> None:
+        """Concatenate this moment's weights (a few hundred microseconds on the tiny model) and make
+        sure the RoPE table reaches max_position."""
 
         def cat(*linears):
             bias = [m.bias for m in linears]
@@ -96,49 +100,53 @@ class LeanDecodeStep:
                 _norm(layer.post_attention_layernorm), cat(m.gate_proj, m.up_proj), _out(m.down_proj),
                 m.act_fn, m.gate_proj.out_features,
             ))
-
-    def _rope(self, pos: torch.Tensor, like: torch.Tensor):
-        """cos, signed sin [rows, 1, 1, head_dim] at `pos`, read from a table the model's rotary
-        module computed (the same elementwise float ops as its per-call forward, so the same values).
-        The sin's first half is negated, so that rotate_half(x) * sin = x.roll(half) * signed sin."""
-        need = int(pos.max()) + 1
-        if self._cos is None or self._cos.shape[0] < need or self._cos.dtype != like.dtype:
-            n = max(need, self.model.config.max_position_embeddings)
-            positions = torch.arange(n, device=like.device)[None]
-            cos, sin = self.model.model.rotary_emb(like, position_ids=positions)
+        weight = self.model.model.embed_tokens.weight
+        need = max(max_position or 0, self.model.config.max_position_embeddings) + 1
+        if self._cos is None or self._cos.shape[0] < need or self._cos.dtype != weight.dtype:
+            # the model's rotary module over every position: the same elementwise float ops as its
+            # per-call forward, so the same values. The sin's first half is negated, so that
+            # rotate_half(x) * sin = x.roll(half) * signed sin.
+            positions = torch.arange(need, device=weight.device)[None]
+            cos, sin = self.model.model.rotary_emb(weight[:1], position_ids=positions)
             half = self.head_dim // 2
             self._cos, self._sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
-        return self._cos[pos][:, None, None], self._sin[pos][:, None, None]
 
     def _attend(self, q, k, v, mask3):
         """softmax(q k^T * scale + mask) v as two batched matmuls, one batch entry per (row, KV head)
-        with that head's query group as its rows: on CPU, over the strided windows of the engine's
-        KV buffers, 1.5-3x faster than SDPA's flash kernel for one query token."""
+        with its queries (slots x the heads sharing that KV head) as the entry's rows: on CPU, over
+        the strided windows of the engine's KV buffers, faster than SDPA's flash kernel."""
         rows, n_kv, t, hd = k.shape
-        q = q.reshape(rows * n_kv, -1, hd)
         w = torch.baddbmm(mask3, q, k.reshape(rows * n_kv, t, hd).transpose(1, 2), alpha=self.scaling)
         return torch.bmm(w.softmax(-1), v.reshape(rows * n_kv, t, hd))
 
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+    def __call__(self, ids, pos, cache, bias, flat=None, g=1) -> torch.Tensor:
         if not self._layers:
-            self.prepare()
+            self.prepare(int(pos.max()))
         base = self.model.model
-        h = base.embed_tokens(ids)  # [rows, hidden]
-        rows, hd, n_qk = h.shape[0], self.head_dim, self.n_q + self.n_kv
-        cos, sin = self._rope(pos, h)
-        g = self.n_q // self.n_kv
-        mask3 = mask.expand(rows, self.n_kv, g, mask.shape[-1]).reshape(rows * self.n_kv, g, -1)
+        h = base.embed_tokens(ids)  # [children, hidden]
+        n, hd, n_q, n_kv = h.shape[0], self.head_dim, self.n_q, self.n_kv
+        n_qk, rows, gq = n_q + n_kv, bias.shape[0], n_q // n_kv
+        cos, sin = self._cos[pos][:, None], self._sin[pos][:, None]  # [children, 1, hd]
+        cols = bias.shape[-1]
+        # one batch entry per (row, KV head): its g slots x gq query heads share the row's keys
+        mask3 = bias[:, None, :, None, :].expand(rows, n_kv, g, gq, cols).reshape(rows * n_kv, g * gq, cols)
         for i, (norm1, qkv, out, norm2, gate_up, down, act, inter) in enumerate(self._layers):
-            # one token per row: [rows, heads*hd] viewed as [rows, heads, 1, hd] is already the
-            # [batch, heads, seq, hd] layout attention takes, no transpose
-            x = F.linear(norm1(h), *qkv).view(rows, -1, 1, hd)
+            x = F.linear(norm1(h), *qkv).view(n, -1, hd)  # [children, q|k|v heads, hd]
             qk = x[:, :n_qk]
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
-            k, v = cache.update(qk[:, self.n_q :], x[:, n_qk:], i)
-            a = self._attend(qk[:, : self.n_q], k, v, mask3)
-            h = out(h, a.reshape(rows, -1))
-            g = F.linear(norm2(h), *gate_up)
-            h = down(h, act(g[:, :inter]) * g[:, inter:])
+            if flat is not None:  # children into their slots (empty slots stay zero: finite, masked)
+                qk = qk.new_zeros((rows * g, n_qk, hd)).index_copy_(0, flat, qk)
+                vs = x.new_zeros((rows * g, n_kv, hd)).index_copy_(0, flat, x[:, n_qk:])
+            else:
+                vs = x[:, n_qk:]
+            qk, vs = qk.view(rows, g, n_qk, hd), vs.view(rows, g, n_kv, hd)
+            k, v = cache.update(qk[:, :, n_q:].transpose(1, 2), vs.transpose(1, 2), i)  # [rows, n_kv, T, hd]
+            q = qk[:, :, :n_q].reshape(rows, g, n_kv, gq, hd).transpose(1, 2).reshape(rows * n_kv, g * gq, hd)
+            a = self._attend(q, k, v, mask3)  # [rows * n_kv, g * gq, hd]
+            a = a.view(rows, n_kv, g, gq, hd).transpose(1, 2).reshape(rows * g, n_q * hd)
+            h = out(h, a if flat is None else a[flat])
+            gu = F.linear(norm2(h), *gate_up)
+            h = down(h, act(gu[:, :inter]) * gu[:, inter:])
         return self.model.lm_head(base.norm(h))
 
 

@@ -135,30 +135,49 @@ class HFEngine:
             if len(r.context) != live.length or r.context[-1] != live.last:
                 raise ValueError(f"path {r.path_id}: context does not continue parent {r.parent_id}")
 
-    def _forward(self, ids, mask, positions, cache, lean=None) -> torch.Tensor:
-        """One forward (the lean step when given, for one token per row [rows] ids and positions;
-        else the model's); returns the logits of the last position [rows, V]."""
+    def _forward(self, ids, mask, positions, cache, keep=1, lean=None, flat=None, g=1) -> torch.Tensor:
+        """One forward: the model's (logits of the last `keep` positions, [rows, V] when keep == 1)
+        or the lean step's (one token per child, see _decode)."""
         t0 = time.perf_counter()
         if lean is not None:
-            logits = lean(ids, mask, positions, cache)
+            logits = lean(ids, positions, cache, mask, flat, g)
         else:
             logits = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
-            ).logits[:, -1]
+                past_key_values=cache, use_cache=True, logits_to_keep=keep,
+            ).logits
+            logits = logits[:, -1] if keep == 1 else logits
         if self.device.type == "cuda":  # CUDA is asynchronous: charge the kernels to the forward
             torch.cuda.synchronize(self.device)
         self.counters.forward_s += time.perf_counter() - t0
         self.counters.forward_calls += 1
         return logits
 
-    def _step_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """The attention mask of a one-token step: [rows, 1, 1, T], 0 where a cache column is a real
-        token and the dtype's min on left padding (or the 2-D mask where the attention needs that)."""
-        if self._mask_dtype is None:
-            return mask
-        bias = torch.zeros(mask.shape, dtype=self._mask_dtype, device=mask.device)
-        return bias.masked_fill_(mask == 0, torch.finfo(self._mask_dtype).min)[:, None, None, :]
+    def _sibling_bias(self, mask: torch.Tensor, g: int, max_tokens: int) -> torch.Tensor:
+        """The additive attention mask of a call's group rows, [groups, g, width + g * max_tokens]:
+        every slot sees the group's real context columns (mask [groups, width]); decoded column
+        width + s * g + j belongs to slot j alone (a sibling never sees another's tokens)."""
+        groups, width = mask.shape
+        low = torch.finfo(self._mask_dtype).min
+        bias = torch.full((groups, g, width + g * max_tokens), low, dtype=self._mask_dtype, device=mask.device)
+        bias[:, :, :width].masked_fill_(mask[:, None, :] == 1, 0)
+        bias[:, :, width:].view(groups, g, max_tokens, g).diagonal(dim1=1, dim2=3).fill_(0)
+        return bias
+
+    def _decode(self, last, pos, cache, step_mask, flat, g, lean) -> torch.Tensor:
+        """Logits [children, V] of one decode step. With g > 1 the cache rows are sibling groups and
+        `flat` places each child in its group's slots (group * g + slot); with g == 1 rows are children."""
+        if lean is not None:
+            return self._forward(last, step_mask, pos, cache, lean=lean, flat=flat, g=g)
+        if g == 1:
+            mask = step_mask if step_mask.dim() == 2 else step_mask[:, None]
+            return self._forward(last[:, None], mask, pos[:, None], cache)
+        groups = step_mask.shape[0]
+        ids = torch.full((groups * g,), self.pad_token_id, dtype=last.dtype, device=last.device)
+        positions = torch.zeros_like(ids)
+        ids[flat], positions[flat] = last, pos
+        logits = self._forward(ids.view(groups, g), step_mask[:, None], positions.view(groups, g), cache, keep=g)
+        return logits.reshape(groups * g, -1)[flat]
 
     def _prefill(self, contexts: list[list[int]], headroom: int):
         """KV of context[:-1] for fresh rows (left-padded); the last token stays pending."""
@@ -176,35 +195,55 @@ class HFEngine:
 
     def _generate(self, requests, max_tokens, sampling, seed) -> list[SegmentOut]:
         dev = self.device
-        forks = [i for i, r in enumerate(requests) if r.parent_id is not None]
-        fresh = [i for i, r in enumerate(requests) if r.parent_id is None]
+        # Sibling groups: the requests continuing one live path, or starting from one fresh context,
+        # share a cache row that holds their common context once; each child appends its own
+        # columns (slot j of g takes column width + step * g + j) and a mask keeps siblings apart.
+        # So a fork copies nothing and the shared context is read once per step for the whole
+        # group; at the end each surviving child gets its own row back (kv.materialize).
+        parents = sorted({r.parent_id for r in requests if r.parent_id is not None}, key=lambda p: self._paths[p].row)
+        contexts = list(dict.fromkeys(tuple(r.context) for r in requests if r.parent_id is None))
+        index = {("live", p): i for i, p in enumerate(parents)}
+        index.update({("fresh", c): len(parents) + i for i, c in enumerate(contexts)})
+        group = [index[("live", r.parent_id) if r.parent_id is not None else ("fresh", tuple(r.context))]
+                 for r in requests]
+        seen: dict[int, int] = {}
+        slot = [seen.__setitem__(x, seen.get(x, -1) + 1) or seen[x] for x in group]
+        g = max(seen.values()) + 1
+        # Grouping pays where the shared context is long next to what the call decodes: each of a
+        # group's queries also scores the g - 1 siblings' columns (masked), which for a long call
+        # (the sequential sampler's one call of d*l tokens, g = w) costs more than copying rows.
+        width = max(len(r.context) for r in requests) - 1
+        if self._mask_dtype is None or (g - 1) * max_tokens > width:
+            g = 1  # one row per child (the attention takes no custom mask, or grouping would not pay)
         cache = mask = last = pos = None
-        if forks:
-            parent_rows = [self._paths[requests[i].parent_id].row for i in forks]
-            order = kv.fork_order(parent_rows)
-            forks = [forks[j] for j in order]
-            rows = torch.tensor([parent_rows[j] for j in order], device=dev)
-            kv.reserve(self._cache, max_tokens)
-            cache = kv.fork_cache(self._cache, rows)
+        if parents:
+            rows = torch.tensor([self._paths[p].row for p in parents], device=dev)
+            kv.reserve(self._cache, g * max_tokens)
+            cache = kv.fork_cache(self._cache, rows)  # distinct rows, ascending: moved in place
             mask, last, pos = self._mask[rows], self._last[rows], self._pos[rows]
-        self._drop_state()  # consumed: every path not forked above is released here
-        if fresh:
-            # identical contexts (the first paths of one prompt, repeated fallback cuts) are
-            # prefilled once and forked, as a prefix cache would serve them
-            unique: dict[tuple, int] = {}
-            copy_of = [unique.setdefault(tuple(requests[i].context), len(unique)) for i in fresh]
-            pcache, pmask, plast, ppos = self._prefill([list(c) for c in unique], max_tokens)
-            self.counters.prefill_tokens += sum(len(c) for c in unique)
-            if len(unique) < len(fresh):
-                rows = torch.tensor(copy_of, device=dev)
-                pcache = kv.fork_cache(pcache, rows)
-                pmask, plast, ppos = pmask[rows], plast[rows], ppos[rows]
-            cache, mask = kv.merge(cache, mask, pcache, pmask, max_tokens)
+        self._drop_state()  # consumed: every path not continued above is released here
+        if contexts:  # identical contexts (a prompt's first paths, repeated fallback cuts) are prefilled once
+            pcache, pmask, plast, ppos = self._prefill([list(c) for c in contexts], g * max_tokens)
+            self.counters.prefill_tokens += sum(len(c) for c in contexts)
+            cache, mask = kv.merge(cache, mask, pcache, pmask, g * max_tokens)
             last = plast if last is None else torch.cat([last, plast])
             pos = ppos if pos is None else torch.cat([pos, ppos])
+        if g == 1:  # rows are children: each group's own row (a group of several is forked: copies)
+            order = kv.fork_order(group)
+            rows = torch.tensor([group[j] for j in order], device=dev)
+            if len(order) > len(mask) or bool((rows != torch.arange(len(rows), device=dev)).any()):
+                cache = kv.fork_cache(cache, rows)
+            mask, last, pos = mask[rows], last[rows], pos[rows]
+            row2req, flat = torch.tensor(order, device=dev), None
+        else:  # children in request order, each at its slot of its group's row
+            group_t = torch.tensor(group, device=dev)
+            flat = group_t * g + torch.tensor(slot, device=dev)
+            last, pos = last[group_t], pos[group_t]
+            row2req = torch.arange(len(requests), device=dev)
         mask = kv.trim(cache, mask)
-        kv.reserve(cache, max_tokens)
-        row2req = torch.tensor(forks + fresh, device=dev)  # request index of each batch row
+        kv.reserve(cache, g * max_tokens)
+        width = mask.shape[1]
+        bias = None if self._mask_dtype is None else self._sibling_bias(mask, g, max_tokens)
 
         n_req = len(requests)
         out_tok = torch.zeros((n_req, max_tokens), dtype=torch.long, device=dev)
@@ -213,19 +252,18 @@ class HFEngine:
         n_out = torch.zeros(n_req, dtype=torch.long, device=dev)
         ended = torch.zeros(n_req, dtype=torch.bool, device=dev)
         gen = torch.Generator(device=dev).manual_seed(seed)
-        ones = torch.ones((len(row2req), 1), dtype=mask.dtype, device=dev)
+        ones = torch.ones((len(mask), max_tokens), dtype=mask.dtype, device=dev)
         # checked per call: hooks added since (a probe, an adapter) must run, so the model forward does
         lean = self._lean if self._lean is not None and self._lean_reason() is None else None
         if lean is not None:
-            lean.prepare()  # this call's weights (the trainer updates them in place between calls)
+            lean.prepare(int(pos.max()) + max_tokens)  # this call's weights and positions
 
         for step in range(max_tokens):
-            mask = torch.cat([mask, ones[: mask.shape[0]]], dim=1)
-            if lean is not None:
-                logits = self._forward(last, self._step_mask(mask), pos, cache, lean)
+            if bias is None:  # a 2-D padding mask for attentions that build their own
+                step_mask = torch.cat([mask, ones[: len(mask), : step + 1]], dim=1)
             else:
-                logits = self._forward(last[:, None], self._step_mask(mask), pos[:, None], cache)
-            logp = sampling_logprobs(logits, sampling)
+                step_mask = bias[:, :, : width + g * (step + 1)]
+            logp = sampling_logprobs(self._decode(last, pos, cache, step_mask, flat, g, lean), sampling)
             probs = logp.exp()  # shared by sampling and the entropy (= entropy_of(logp), one exp less)
             tok = _sample(probs, gen)
             out_tok[row2req, step] = tok
@@ -234,22 +272,45 @@ class HFEngine:
             n_out[row2req] = step + 1
             last, pos = tok, pos + 1
             done = tok == self.eos_token_id
-            if bool(done.any()):  # the one host sync per step: compact only when a row finished
+            if bool(done.any()):  # the one host sync per step: compact only when a child finished
                 ended[row2req[done]] = True
-                keep = kv.compaction_order(~done)
-                if keep.numel() == 0:
-                    row2req = keep
+                if bool(done.all()):
+                    row2req = row2req[:0]
                     break
-                kv.reserve(cache, max_tokens - step - 1)
-                cache.batch_select_indices(keep)
-                mask, last, pos, row2req = mask[keep], last[keep], pos[keep], row2req[keep]
-                mask = kv.trim(cache, mask)
+                alive = ~done
+                if g == 1:  # rows are children: drop the finished rows
+                    keep = kv.compaction_order(alive)
+                    last, pos, row2req = last[keep], pos[keep], row2req[keep]
+                else:  # children leave; a group row goes once all its children have
+                    last, pos, row2req, flat = last[alive], pos[alive], row2req[alive], flat[alive]
+                    live = torch.zeros(len(mask), dtype=torch.bool, device=dev)
+                    live[flat // g] = True
+                    keep = kv.compaction_order(live)
+                    renumber = torch.empty(len(mask), dtype=torch.long, device=dev)
+                    renumber[keep] = torch.arange(len(keep), device=dev)
+                    flat = renumber[flat // g] * g + flat % g
+                if len(keep) < len(mask):
+                    kv.reserve(cache, g * (max_tokens - step - 1))
+                    cache.batch_select_indices(keep)
+                    mask = mask[keep]
+                    if bias is not None:
+                        bias = bias[keep]
+                trimmed = kv.trim(cache, mask)
+                if bias is not None:
+                    bias = bias[:, :, mask.shape[1] - trimmed.shape[1]:]
+                width -= mask.shape[1] - trimmed.shape[1]
+                mask = trimmed
 
         self.counters.decoded_tokens += int(n_out.sum())
         toks, lps, ents = out_tok.tolist(), out_lp.tolist(), out_ent.tolist()
         lens, eos = n_out.tolist(), ended.tolist()
         outs = [SegmentOut(toks[q][: lens[q]], lps[q][: lens[q]], ents[q][: lens[q]], eos[q]) for q in range(n_req)]
-        if len(row2req):  # survivors become the live paths of the next call
+        if len(row2req):  # survivors (all ran max_tokens steps) become the live paths of the next call
+            if g == 1:
+                mask = torch.cat([mask, ones[: len(mask)]], dim=1)
+            else:
+                cache, mask, order = kv.materialize(cache, mask, flat, g, max_tokens)
+                last, pos, row2req = last[order], pos[order], row2req[order]
             self._cache, self._mask, self._last, self._pos = cache, mask, last, pos
             for row, q in enumerate(row2req.tolist()):
                 r = requests[q]

@@ -235,12 +235,53 @@ def trim(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
     positions are explicit, so the columns carry nothing."""
     if mask.shape[1] == 0:
         return mask
-    cut = int(mask.any(dim=0).long().argmax())  # first column some row uses
+    used = mask.any(dim=0)
+    cut = int(used.long().argmax()) if bool(used.any()) else mask.shape[1]  # first column some row uses
     if cut:
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
         mask = mask[:, cut:]
     return mask
+
+
+def materialize(cache: DynamicCache, mask: torch.Tensor, flat: torch.Tensor, g: int, steps: int):
+    """One row per child from sibling-group rows: child c (slot flat[c] % g of group flat[c] // g)
+    gets its group's context columns followed by its own decoded columns width + s * g + slot.
+
+    Every group has a surviving child (emptied groups were compacted away). The first survivor of
+    each group keeps the group's row, where only its own columns move; the others get the rows
+    after the groups, inside the same buffers where they have room. Returns the cache, the new
+    rows' padding mask [children, width + steps] and `order`: the child of each new row.
+    """
+    groups, width = mask.shape
+    rows = flat // g
+    firsts: dict[int, int] = {}
+    extras = [c for c, r in enumerate(rows.tolist()) if firsts.setdefault(r, c) != c]
+    order = torch.tensor([firsts[r] for r in range(groups)] + extras, device=flat.device)
+    n = len(order)
+    for layer in cache.layers:
+        end = layer._known_end()
+        in_place = end is not None and n <= layer._kbuf.shape[0]
+        bufs = []
+        for t, buf in ((layer.keys, layer._kbuf), (layer.values, layer._vbuf)):
+            # decoded columns by slot: [groups, heads, steps, g, hd] -> [groups * g, heads, steps, hd]
+            # (a small copy, taken before anything is overwritten; index_select then beats advanced
+            # indexing ~4x on CPU)
+            own = t[:, :, width : width + g * steps].unflatten(2, (steps, g)).permute(0, 3, 1, 2, 4)
+            own = own.reshape(-1, *own.shape[2:])
+            if in_place:
+                start = end - t.shape[2]
+                window = buf[:, :, start : start + width + steps]
+                torch.index_select(t[:, :, :width], 0, rows[order[groups:]], out=window[groups:n, :, :width])
+            else:
+                start, buf = 0, _alloc(t, n, _capacity(width + steps, steps))
+                window = buf[:, :, : width + steps]
+                torch.index_select(t[:, :, :width], 0, rows[order], out=window[:n, :, :width])
+            torch.index_select(own, 0, flat[order], out=window[:n, :, width:])
+            bufs.append((buf, window[:n]))
+        (layer._kbuf, layer.keys), (layer._vbuf, layer.values) = bufs
+    ones = torch.ones((n, steps), dtype=mask.dtype, device=mask.device)
+    return cache, torch.cat([mask[rows[order]], ones], dim=1), order
 
 
 _KEPT = False
