@@ -37,7 +37,8 @@ def record_real_run(root: Path, steps: int, ws_cache: str | None) -> tuple[str, 
     uri = f"sqlite:///{root}/source.db"
     # the registry's TreePO settings (8x16 trees, 16 leaves): shorter trees never reach a boxed answer,
     # every step would be skipped and log none of the training metrics a real sweep has
-    over = [f"trainer.steps={steps}", "trainer.eval_every=5", "eval.n_problems=64", f"tracking.tracking_uri={uri}", "tracking.experiment_name=source", "tracking.system_metrics=false",
+    over = [f"trainer.steps={steps}", "trainer.eval_every=5", "eval.n_problems=64", f"tracking.tracking_uri={uri}",
+            "tracking.experiment_name=source", "tracking.system_metrics=false",
             "tracking.log_trees_every=1", f"trainer.output_dir={root / 'runs'}"]
     if ws_cache:
         over += [f"warmstart.cache_dir={ws_cache}", "warmstart.steps=30", "warmstart.eval_size=0"]

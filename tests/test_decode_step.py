@@ -132,3 +132,31 @@ def test_lean_and_model_forward_sample_the_same_tokens():
     assert [o.tokens for o in outs[0]] == [o.tokens for o in outs[1]]
     for a, b in zip(*outs):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused-weights", "separate-matmuls"])
+def test_weights_changed_in_place_are_used_at_the_next_call(monkeypatch, fuse):
+    """The concatenated weight copies follow an in-place update (an optimizer step); with fusion
+    off (large models) the step calls the projections one by one, with the same result."""
+    from treepo_lab.engines import decode_step
+
+    monkeypatch.setattr(decode_step, "FUSE_MAX_PARAMS", 10**12 if fuse else 0)
+    model = CASES["qwen2-bias"]()
+    step = LeanDecodeStep(model)
+    ids, pos = torch.tensor([3, 4]), torch.tensor([0, 0])
+
+    def logits():
+        step.prepare(8)
+        with torch.inference_mode():
+            return step(ids, pos, kv.new_cache(4), torch.zeros(2, 1, 1))
+
+    def reference():
+        with torch.inference_mode():
+            return model(input_ids=ids[:, None], position_ids=pos[:, None]).logits[:, -1]
+
+    torch.testing.assert_close(logits(), reference(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.weight.mul_(1.5)
+            layer.mlp.up_proj.weight.add_(0.1)
+    torch.testing.assert_close(logits(), reference(), rtol=1e-5, atol=1e-5)

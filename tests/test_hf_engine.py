@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
 from treepo_lab.engines import build_engine, hf, kv
@@ -98,7 +98,12 @@ def test_forks_match_recompute(model, sampling, lean, monkeypatch):
         engine = HFEngine(model, EOS, PAD, lean_decode=lean)
         assert (engine._lean is not None) == lean
         grouped = []  # calls that ran sibling groups (and gave survivors rows of their own)
-        monkeypatch.setattr(kv, "materialize", lambda *a: grouped.append(1) or REAL_MATERIALIZE(*a))
+
+        def counted(*args, calls=grouped):
+            calls.append(1)
+            return REAL_MATERIALIZE(*args)
+
+        monkeypatch.setattr(kv, "materialize", counted)
         paths = run_tree(engine, sampling, seed)
         assert grouped, "the random trees should have exercised sibling groups"
         assert len(paths) > 12
@@ -167,6 +172,32 @@ def test_append_layer_matches_dynamic_layer():
         else:
             fast.headroom = rng.choice([None, 0, 1, 5])
         assert torch.equal(fast.keys, ref.keys) and torch.equal(fast.values, ref.values)
+
+
+@pytest.mark.parametrize("groups, flat", [
+    (1, [0, 1]),  # one group: in place, where a reshape of its columns could alias the buffer
+    (1, [2, 0, 1]),  # three survivors of one group: more rows than the buffer holds, new buffers
+    (3, [0, 1, 2, 5, 4, 6]),  # in place, first children in their group rows, the others after them
+], ids=["one-group", "new-buffers", "three-groups"])
+def test_materialize_gives_each_child_its_context_and_its_own_columns(groups, flat):
+    g, width, steps, heads, hd = 3, 5, 4, 2, 3
+    torch.manual_seed(0)
+    cache = kv.new_cache(g * steps)
+    cache.update(torch.randn(groups, heads, width, hd), torch.randn(groups, heads, width, hd), 0)
+    for _ in range(steps):  # one column per slot per step, as a sibling-group call appends them
+        cache.update(torch.randn(groups, heads, g, hd), torch.randn(groups, heads, g, hd), 0)
+    before = [cache.layers[0].keys.clone(), cache.layers[0].values.clone()]
+    flat = torch.tensor(flat)
+    mask = torch.ones(groups, width, dtype=torch.long)
+    mask[0, :2] = 0
+    cache, new_mask, order = kv.materialize(cache, mask, flat, g, steps)
+    assert sorted(order.tolist()) == list(range(len(flat)))
+    for row, c in enumerate(order.tolist()):
+        r, j = divmod(int(flat[c]), g)
+        for got, old in zip((cache.layers[0].keys, cache.layers[0].values), before):
+            want = torch.cat([old[r, :, :width], old[r, :, width + j :: g]], dim=1)
+            assert torch.equal(got[row], want), (row, c)
+        assert new_mask[row].tolist() == mask[r].tolist() + [1] * steps
 
 
 def test_seeded_generation_is_reproducible(model):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 # RoPE variants whose cos/sin depend on the position alone (dynamic / longrope rescale with length)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+FUSE_MAX_PARAMS = 50_000_000  # decoder parameters up to which weights are concatenated (prepare)
 ATTENTION = ("sdpa", "eager")  # both take the engine's additive 4-D mask and compute plain softmax
 
 
@@ -67,7 +68,7 @@ class LeanDecodeStep:
     generate call).
 
     Fewer torch calls per layer is the point (each costs microseconds whatever its size): q, k and v
-    come from one matmul over the concatenated weights, as do gate and up; RoPE rotates q and k in
+    come from one matmul over the concatenated weights, as do gate and up (small models); RoPE rotates q and k in
     one go; the residual adds ride in the output matmuls (addmm); RMSNorm is torch's fused op.
     """
 
@@ -84,22 +85,26 @@ class LeanDecodeStep:
         self._layers: list[tuple] = []
 
     def prepare(self, max_position: int | None = None) -> None:
-        """Concatenate this moment's weights (a few hundred microseconds on the tiny model) and make
-        sure the RoPE table reaches max_position."""
+        """Take this moment's weights (the trainer updates them in place between calls) and make
+        sure the RoPE table reaches max_position.
 
-        def cat(*linears):
-            bias = [m.bias for m in linears]
-            return (torch.cat([m.weight for m in linears]),
-                    None if bias[0] is None else torch.cat(bias))
-
-        self._layers = []
-        for layer in self.model.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            self._layers.append((
-                _norm(layer.input_layernorm), cat(a.q_proj, a.k_proj, a.v_proj), _out(a.o_proj),
-                _norm(layer.post_attention_layernorm), cat(m.gate_proj, m.up_proj), _out(m.down_proj),
-                m.act_fn, m.gate_proj.out_features,
-            ))
+        Small models get q|k|v and gate|up as concatenated copies (a few hundred microseconds, redone
+        only when a weight changed): there the number of calls is what costs. Above FUSE_MAX_PARAMS
+        the matmuls dominate and a copy of most of the weights would cost memory: separate calls."""
+        weights = [p for layer in self.model.model.layers for p in layer.parameters()]
+        # inference tensors (a model built under inference_mode) keep no version counter: redo it
+        version = None if any(p.is_inference() for p in weights) else tuple((p.data_ptr(), p._version) for p in weights)
+        if version is None or version != getattr(self, "_version", None):
+            fuse = sum(p.numel() for p in weights) <= FUSE_MAX_PARAMS
+            self._layers = []
+            for layer in self.model.model.layers:
+                a, m = layer.self_attn, layer.mlp
+                self._layers.append((
+                    _norm(layer.input_layernorm), _joined(fuse, a.q_proj, a.k_proj, a.v_proj), _out(a.o_proj),
+                    _norm(layer.post_attention_layernorm), _joined(fuse, m.gate_proj, m.up_proj), _out(m.down_proj),
+                    m.act_fn, m.gate_proj.out_features,
+                ))
+            self._version = version
         weight = self.model.model.embed_tokens.weight
         need = max(max_position or 0, self.model.config.max_position_embeddings) + 1
         if self._cos is None or self._cos.shape[0] < need or self._cos.dtype != weight.dtype:
@@ -117,7 +122,8 @@ class LeanDecodeStep:
         the strided windows of the engine's KV buffers, faster than SDPA's flash kernel."""
         rows, n_kv, t, hd = k.shape
         w = torch.baddbmm(mask3, q, k.reshape(rows * n_kv, t, hd).transpose(1, 2), alpha=self.scaling)
-        return torch.bmm(w.softmax(-1), v.reshape(rows * n_kv, t, hd))
+        # softmax in float32 whatever the model dtype, as transformers' eager attention does
+        return torch.bmm(w.softmax(-1, dtype=torch.float32).to(v.dtype), v.reshape(rows * n_kv, t, hd))
 
     def __call__(self, ids, pos, cache, bias, flat=None, g=1) -> torch.Tensor:
         if not self._layers:
@@ -131,7 +137,7 @@ class LeanDecodeStep:
         # one batch entry per (row, KV head): its g slots x gq query heads share the row's keys
         mask3 = bias[:, None, :, None, :].expand(rows, n_kv, g, gq, cols).reshape(rows * n_kv, g * gq, cols)
         for i, (norm1, qkv, out, norm2, gate_up, down, act, inter) in enumerate(self._layers):
-            x = F.linear(norm1(h), *qkv).view(n, -1, hd)  # [children, q|k|v heads, hd]
+            x = qkv(norm1(h)).view(n, -1, hd)  # [children, q|k|v heads, hd]
             qk = x[:, :n_qk]
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
             if flat is not None:  # children into their slots (empty slots stay zero: finite, masked)
@@ -145,9 +151,19 @@ class LeanDecodeStep:
             a = self._attend(q, k, v, mask3)  # [rows * n_kv, g * gq, hd]
             a = a.view(rows, n_kv, g, gq, hd).transpose(1, 2).reshape(rows * g, n_q * hd)
             h = out(h, a if flat is None else a[flat])
-            gu = F.linear(norm2(h), *gate_up)
+            gu = gate_up(norm2(h))
             h = down(h, act(gu[:, :inter]) * gu[:, inter:])
         return self.model.lm_head(base.norm(h))
+
+
+def _joined(fuse: bool, *linears):
+    """x -> the outputs of `linears` side by side: one matmul over concatenated weights (fuse) or
+    one call each, joined."""
+    if not fuse:
+        return lambda x: torch.cat([m(x) for m in linears], dim=-1)
+    weight = torch.cat([m.weight for m in linears])
+    bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    return lambda x: F.linear(x, weight, bias)
 
 
 def _norm(module):

@@ -8,15 +8,25 @@ State between calls (one row per live path, rows left-padded to a common width T
 Keeping the last token pending makes every call uniform: forked rows and freshly prefilled rows all
 start with one forward over their pending tokens, whose logits give the first new token.
 
-A call consumes the previous state: requests naming a live parent get copies of its rows (siblings
-each their own copy, so their continuations never mix), requests with no parent are prefilled, and
-every path not named as a parent is released. Rows that sample EOS leave the batch at once
-(compaction), so finished paths cost no compute.
+A call consumes the previous state: requests naming a live parent continue from its row, requests
+with no parent are prefilled (identical contexts once), and every path not named as a parent is
+released. Within a call, the children of one row (siblings) either
+  - share it as a sibling group: the row holds their common context once, child j of g appends its
+    tokens at columns width + step * g + j, and the attention mask keeps each child to the common
+    context and its own columns. A fork copies nothing, and a step reads the shared context once for
+    the whole group. At the end every surviving child gets a row of its own (kv.materialize). Used
+    where the shared context is at least as long as the g - 1 siblings' columns each query skips
+    (a tree's segments; not the sequential sampler's one long call over w copies of a prompt), or
+  - get a copy of the row each (kv.fork_cache), so their continuations never mix.
+Children that sample EOS leave the batch at once (a group's row once all of its children have), so
+finished paths cost no compute. Decode steps run the lean step (decode_step.py) where the model
+allows, else the model forward with the same 4-D masks (q_len = g per row for groups).
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -206,9 +216,12 @@ class HFEngine:
         index.update({("fresh", c): len(parents) + i for i, c in enumerate(contexts)})
         group = [index[("live", r.parent_id) if r.parent_id is not None else ("fresh", tuple(r.context))]
                  for r in requests]
-        seen: dict[int, int] = {}
-        slot = [seen.__setitem__(x, seen.get(x, -1) + 1) or seen[x] for x in group]
-        g = max(seen.values()) + 1
+        size: Counter[int] = Counter()
+        slot = []  # each request's place among its group's children
+        for x in group:
+            slot.append(size[x])
+            size[x] += 1
+        g = max(size.values())
         # Grouping pays where the shared context is long next to what the call decodes: each of a
         # group's queries also scores the g - 1 siblings' columns (masked), which for a long call
         # (the sequential sampler's one call of d*l tokens, g = w) costs more than copying rows.

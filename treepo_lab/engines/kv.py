@@ -1,9 +1,10 @@
 """The KV cache of the HF engine: one batched transformers DynamicCache whose layers append in place.
 
-Rows are paths, left-padded to a common width; the engine keeps the padding mask and explicit
-positions. Everything here edits the batch of rows: fork (copy rows, repeats allowed), compact
-(drop finished rows), merge (stack forked and freshly prefilled rows), trim (drop columns that are
-padding in every row). Each result row is its own storage: siblings never see each other's tokens.
+Rows are paths (or sibling groups within a call, see hf.py), left-padded to a common width; the
+engine keeps the padding mask and explicit positions. Everything here edits the batch of rows: fork
+(copy rows, repeats allowed), compact (drop finished rows), merge (stack forked and freshly
+prefilled rows), trim (drop columns that are padding in every row), materialize (a row per child
+out of its group's row). Each result row is its own storage: siblings never see each other's tokens.
 """
 from __future__ import annotations
 
@@ -267,8 +268,9 @@ def materialize(cache: DynamicCache, mask: torch.Tensor, flat: torch.Tensor, g: 
             # decoded columns by slot: [groups, heads, steps, g, hd] -> [groups * g, heads, steps, hd]
             # (a small copy, taken before anything is overwritten; index_select then beats advanced
             # indexing ~4x on CPU)
-            own = t[:, :, width : width + g * steps].unflatten(2, (steps, g)).permute(0, 3, 1, 2, 4)
-            own = own.reshape(-1, *own.shape[2:])
+            slots = t[:, :, width : width + g * steps].unflatten(2, (steps, g)).permute(0, 3, 1, 2, 4)
+            own = t.new_empty((groups * g, *slots.shape[2:]))
+            own.view(slots.shape).copy_(slots)  # a copy even where a reshape could be a view (1 group)
             if in_place:
                 start = end - t.shape[2]
                 window = buf[:, :, start : start + width + steps]
