@@ -225,8 +225,8 @@ class HFEngine:
         # Grouping pays where the shared context is long next to what the call decodes: each of a
         # group's queries also scores the g - 1 siblings' columns (masked), which for a long call
         # (the sequential sampler's one call of d*l tokens, g = w) costs more than copying rows.
-        width = max(len(r.context) for r in requests) - 1
-        if self._mask_dtype is None or (g - 1) * max_tokens > width:
+        shared = max(len(r.context) for r in requests) - 1  # the widest context in the cache
+        if self._mask_dtype is None or (g - 1) * max_tokens > shared:
             g = 1  # one row per child (the attention takes no custom mask, or grouping would not pay)
         cache = mask = last = pos = None
         if parents:
