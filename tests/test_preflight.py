@@ -192,6 +192,7 @@ def test_cli_refuses_bad_datasets_before_any_run(tmp_path, capsys, name):
     (["sampler.widht=8"], "did you mean sampler.width?"),
     (["task.check.compare=fuzzy"], "task.check.compare='fuzzy' is not allowed: one of exact, math_verify, numeric, python"),
     (["task.check.compare=python", "task.check.function=no_such_mod_xyz:f"], "task.check.function="),
+    (["engine.hf_decode=fast"], "engine.hf_decode='fast' is not allowed: one of lean, model"),
 ])
 def test_cli_refuses_bad_values_before_any_run(tmp_path, capsys, overrides, expected):
     rc, err = _train(tmp_path, capsys, *overrides)
