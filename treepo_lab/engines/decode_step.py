@@ -1,16 +1,16 @@
-"""A lean one-token decode step for Llama-family models: the model's own modules, without the
+"""A lean one-token decode step for Llama-family models: the model's own weights, without the
 transformers forward around them.
 
 On the tiny model a transformers forward of one token costs ~2.5 ms whatever the batch: output
 dataclasses, kwargs plumbing, the decorators, the rotary module, the attention dispatch. The tree
 sampler and the sequential sampler make the same number of decode calls, so that fixed cost is what
-kept the tree's wall time from following its token saving (issue #12, item 6). This step calls
-exactly the model's layers: its embedding, RMSNorms, projections, MLP and head; only the glue is
-ours: rotary embeddings read from a table computed once by the model's own rotary module, the KV
-append into the engine's cache, and SDPA over the cache with the engine's prepared additive mask.
+kept the tree's wall time from following its token saving (issue #12, item 6). This step runs the
+model's embedding, RMSNorm weights, projections, MLP activation and head; only the glue is ours:
+rotary embeddings read from a table computed once by the model's own rotary module, the KV append
+into the engine's cache, and attention over it as batched matmuls with the engine's additive mask.
 Its logits equal the model forward's to float rounding (tests/test_decode_step.py).
 
-Only architectures whose forward is exactly this are accepted (`lean_decode_step` says why not);
+Only architectures whose forward is exactly this are accepted (`unsupported_reason` says why not);
 everything else keeps the model forward.
 """
 from __future__ import annotations
@@ -31,6 +31,15 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
+HOOKED = "the model carries forward hooks (offloading, adapters or probes) that a forward must run"
+
+
+def has_forward_hooks(model) -> bool:
+    """Hooks can come and go after the engine is built, so the engine asks this at every call."""
+    return any(getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks
+               for m in model.modules())
+
+
 def unsupported_reason(model) -> str | None:
     """Why the lean step cannot stand in for this model's forward (None: it can)."""
     name, cfg = type(model).__name__, model.config
@@ -43,9 +52,8 @@ def unsupported_reason(model) -> str | None:
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
     if rope not in STATIC_ROPE:
         return f"rope_type {rope!r} changes with the sequence length"
-    if any(getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks
-           for m in model.modules()):
-        return "the model carries forward hooks (offloading, adapters or probes) that a forward must run"
+    if has_forward_hooks(model):
+        return HOOKED
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if any(hasattr(attn, a) for a in ("q_norm", "k_norm")):

@@ -32,13 +32,19 @@ from dataclasses import dataclass
 import torch
 
 from treepo_lab.engines import kv
-from treepo_lab.engines.decode_step import LeanDecodeStep, unsupported_reason
+from treepo_lab.engines.decode_step import HOOKED, LeanDecodeStep, has_forward_hooks, unsupported_reason
 from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
 from treepo_lab.engines.logprobs import sampling_logprobs
 
 
 _log = logging.getLogger(__name__)
 _LOGGED: set[str] = set()
+
+
+def _log_once(reason: str) -> None:
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        _log.info("hf engine: decode steps run the model forward (%s)", reason)
 
 
 def _sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -78,8 +84,10 @@ class HFEngine:
         self._mask_dtype = next(model.parameters()).dtype if impl in ("sdpa", "eager") else None
         # decode steps through the model's own modules without the transformers forward around them
         # (decode_step.py): the fixed cost per call is what the tree's wall time paid for its savings
-        self.lean_decode = lean_decode
-        self._lean = LeanDecodeStep(model) if lean_decode and self._lean_reason() is None else None
+        reason = unsupported_reason(model) if lean_decode else None
+        self._lean = LeanDecodeStep(model) if lean_decode and reason is None else None
+        if reason is not None and reason != HOOKED:  # hooks are looked at again at every call
+            _log_once(reason)
         self._drop_state()
 
     # -- protocol -------------------------------------------------------------------------------
@@ -115,14 +123,6 @@ class HFEngine:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _lean_reason(self) -> str | None:
-        """Why decode steps run the model forward (None: the lean step runs them); logged once."""
-        reason = unsupported_reason(self.model)
-        if reason is not None and reason not in _LOGGED:
-            _LOGGED.add(reason)
-            _log.info("hf engine: decode steps run the model forward (%s)", reason)
-        return reason
-
     def _drop_state(self) -> None:
         self._cache = self._mask = self._last = self._pos = None
         self._paths: dict[int, _Live] = {}
@@ -145,23 +145,23 @@ class HFEngine:
             if len(r.context) != live.length or r.context[-1] != live.last:
                 raise ValueError(f"path {r.path_id}: context does not continue parent {r.parent_id}")
 
-    def _forward(self, ids, mask, positions, cache, keep=1, lean=None, flat=None, g=1) -> torch.Tensor:
-        """One forward: the model's (logits of the last `keep` positions, [rows, V] when keep == 1)
-        or the lean step's (one token per child, see _decode)."""
+    def _timed(self, run) -> torch.Tensor:
+        """run() counted as one forward call, with its wall time."""
         t0 = time.perf_counter()
-        if lean is not None:
-            logits = lean(ids, positions, cache, mask, flat, g)
-        else:
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=keep,
-            ).logits
-            logits = logits[:, -1] if keep == 1 else logits
+        out = run()
         if self.device.type == "cuda":  # CUDA is asynchronous: charge the kernels to the forward
             torch.cuda.synchronize(self.device)
         self.counters.forward_s += time.perf_counter() - t0
         self.counters.forward_calls += 1
-        return logits
+        return out
+
+    def _forward(self, ids, mask, positions, cache, keep=1) -> torch.Tensor:
+        """One model forward: logits of the last `keep` positions ([rows, V] when keep == 1)."""
+        logits = self._timed(lambda: self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions,
+            past_key_values=cache, use_cache=True, logits_to_keep=keep,
+        ).logits)
+        return logits[:, -1] if keep == 1 else logits
 
     def _sibling_bias(self, mask: torch.Tensor, g: int, max_tokens: int) -> torch.Tensor:
         """The additive attention mask of a call's group rows, [groups, g, width + g * max_tokens]:
@@ -178,7 +178,7 @@ class HFEngine:
         """Logits [children, V] of one decode step. With g > 1 the cache rows are sibling groups and
         `flat` places each child in its group's slots (group * g + slot); with g == 1 rows are children."""
         if lean is not None:
-            return self._forward(last, step_mask, pos, cache, lean=lean, flat=flat, g=g)
+            return self._timed(lambda: lean(last, pos, cache, step_mask, flat, g))
         if g == 1:
             mask = step_mask if step_mask.dim() == 2 else step_mask[:, None]
             return self._forward(last[:, None], mask, pos[:, None], cache)
@@ -244,8 +244,7 @@ class HFEngine:
         if g == 1:  # rows are children: each group's own row (a group of several is forked: copies)
             order = kv.fork_order(group)
             rows = torch.tensor([group[j] for j in order], device=dev)
-            if len(order) > len(mask) or bool((rows != torch.arange(len(rows), device=dev)).any()):
-                cache = kv.fork_cache(cache, rows)
+            cache = kv.fork_cache(cache, rows)  # rows that stay put are not copied
             mask, last, pos = mask[rows], last[rows], pos[rows]
             row2req, flat = torch.tensor(order, device=dev), None
         else:  # children in request order, each at its slot of its group's row
@@ -267,7 +266,10 @@ class HFEngine:
         gen = torch.Generator(device=dev).manual_seed(seed)
         ones = torch.ones((len(mask), max_tokens), dtype=mask.dtype, device=dev)
         # checked per call: hooks added since (a probe, an adapter) must run, so the model forward does
-        lean = self._lean if self._lean is not None and self._lean_reason() is None else None
+        lean = self._lean
+        if lean is not None and has_forward_hooks(self.model):
+            lean = None
+            _log_once(HOOKED)
         if lean is not None:
             lean.prepare(int(pos.max()) + max_tokens)  # this call's weights and positions
 
