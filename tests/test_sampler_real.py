@@ -93,3 +93,24 @@ def test_same_seed_same_tree(model):
     b = [t.to_dict() for t in rollout(model, CONFIGS["tree"], seed=7)[1].trees]
     c = [t.to_dict() for t in rollout(model, CONFIGS["tree"], seed=8)[1].trees]
     assert a == b and a != c
+
+
+def _shape(tree) -> list:
+    """A tree's structure and tokens, without the node ids (a call-wide counter) or float noise."""
+    return sorted((tree.response_tokens(lf), lf.finish_reason) for lf in tree.leaves)
+
+
+@pytest.mark.parametrize("name", ["tree", "weighted", "sequential"])
+def test_a_prompt_gets_the_same_tree_whatever_its_neighbours(model, name):
+    """What data parallelism rests on: a prompt keyed by its global index gets the same tree alone, with
+    other prompts, or placed elsewhere in the call (as on another rank)."""
+    cfg = SamplerConfig(**CONFIGS[name])
+    sampler = build_sampler(cfg, HFEngine(model, eos_token_id=EOS, pad_token_id=PAD), decode, EOS)
+    extra = [[3, 3, 8, 1 + 1], [12, 6]]
+    together = sampler.rollout(PROMPTS + extra, seed=5).trees
+    alone = [sampler.rollout([p], seed=5, keys=[k]).trees[0] for k, p in enumerate(PROMPTS)]
+    moved = sampler.rollout([extra[1], PROMPTS[1]], seed=5, keys=[3, 1]).trees
+    assert [_shape(t) for t in together[:2]] == [_shape(t) for t in alone]
+    assert _shape(moved[1]) == _shape(together[1]) and _shape(moved[0]) == _shape(together[3])
+    other = sampler.rollout([PROMPTS[0]], seed=5, keys=[1]).trees[0]  # another key: another tree
+    assert _shape(other) != _shape(together[0])

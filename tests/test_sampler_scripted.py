@@ -18,6 +18,7 @@ from treepo_lab.rollout.config import BudgetConfig, DivTempSchedule, InitDivConf
 from treepo_lab.rollout.divergence import ActivePath, largest_remainder
 from treepo_lab.rollout.sampler import SequentialSampler, TreeSampler, build_sampler
 from treepo_lab.rollout.tree import FinishReason as FR
+from treepo_lab.seeding import derive_seed
 
 torch.set_num_threads(1)
 PROMPT = [30, 31]
@@ -91,7 +92,8 @@ def test_random_div_draws_per_root_and_initial_range_capped_at_width():
     prompts = [[30 + k, 31] for k in range(6)]
     res, eng = run(lambda r, c, i: enc("a") + [EOS], prompts=prompts, width=8, init_div=InitDivConfig("random", 2, 6))
     per_prompt = [Counter(tuple(r.context) for r in eng.calls[0])[tuple(p)] for p in prompts]
-    expect = np.random.default_rng(0).integers(2, 7, size=6).tolist()  # the sampler's rng draws b0 first
+    # each prompt's own stream (seed 0, its index) draws its b0 first
+    expect = [int(np.random.default_rng(derive_seed(0, k)).integers(2, 7)) for k in range(6)]
     assert per_prompt == expect and len(set(per_prompt)) > 1
     assert all(len(t.leaves) == 8 for t in res.trees)
 

@@ -38,6 +38,10 @@ class SegmentRequest:
     path_id: int  # id of the path this request creates (the new segment node)
     context: list[int]  # full token context: prompt + response so far
     parent_id: int | None = None  # live path whose engine state this continues; None = prefill context
+    # the key of this request's random stream (its token t is drawn from (seed, t) alone), so a path's
+    # tokens do not depend on which other requests share the call: the sampler keys it by (prompt, step,
+    # sibling), and a prompt's tree is the same at any world size. None: keyed by (call seed, path_id)
+    seed: int | None = None
 
 
 @dataclass

@@ -202,7 +202,7 @@ class VLLMEngine:
         return self._vllm.SamplingParams(
             n=1, max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=max(sampling.top_k, 0),  # vLLM: 0 = off
-            seed=request_seed(seed, req.path_id),
+            seed=req.seed if req.seed is not None else request_seed(seed, req.path_id),
             logprobs=self.options.n_logprobs,  # 0: the sampled token's only
             stop_token_ids=[self.eos_token_id],  # kept in the output, as the protocol wants
             detokenize=False,  # token ids in, token ids out: no text round trip

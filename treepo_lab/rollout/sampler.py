@@ -24,7 +24,7 @@ from treepo_lab.registry import Registry
 from treepo_lab.rollout import divergence, fallback, stopping
 from treepo_lab.rollout.config import SamplerConfig, validate
 from treepo_lab.rollout.tree import FinishReason, Leaf, Node, Tree
-from treepo_lab.seeding import derive_seed
+from treepo_lab.seeding import derive_seed, stream_key
 
 # name -> sampler class (`sampler.kind`, `eval.sampler`)
 SAMPLERS: Registry = Registry("sampler")
@@ -105,30 +105,39 @@ class TreeSampler:
 
     # ---- rollout -------------------------------------------------------------------------------------
     def rollout(self, prompts: list[list[int]], step: int = 0, total_steps: int = 1,
-                seed: int | None = None) -> RolloutResult:
+                seed: int | None = None, keys: list[int] | None = None) -> RolloutResult:
+        """`keys`: one integer per prompt naming its random stream (default: its index). Every draw for a
+        prompt's tree (its divergence, fallback and token draws) comes from (seed, key) alone, so the
+        trainer passes each prompt's index in the global batch and a prompt gets the same tree whichever
+        rank samples it with whichever neighbours (except under budget.kind=step_token_budget, whose
+        budget is shared by the prompts of one call)."""
         cfg, n = self.cfg, len(prompts)
         seed = cfg.seed if seed is None else seed
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        rng = np.random.default_rng(seed)
+        keys = list(range(n)) if keys is None else list(keys)
+        if len(keys) != n:
+            raise ValueError(f"one key per prompt: {len(keys)} keys for {n} prompts")
+        self._root_keys = [derive_seed(seed, k) for k in keys]
+        rngs = [np.random.default_rng(k) for k in self._root_keys]
         temperature = divergence.div_temperature(cfg, step, total_steps)
         stats = RolloutStats(n_prompts=n, max_depth=cfg.max_depth, div_temperature=temperature,
                              fallback_requests=[0] * n, fallback_rounds=[0] * n,
                              finished_at_first_fallback=[None] * n)
         meta = {"sampler": asdict(cfg), "seed": seed, "div_temperature": temperature}
         trees = [Tree(prompt_ids=list(p), prompt_text=self.decode(list(p)), meta=dict(meta)) for p in prompts]
-        self._next_id, self._seed = 0, seed
+        self._next_id = 0
         # per root: leaves when it last fell back, and fallback rounds in a row that added no leaf
         self._leaves_at_fallback, self._idle_fallbacks = [-1] * n, [0] * n
         queue = [_Path(r, None, [], live=False)
-                 for r in range(n) for _ in range(self._initial_copies(rng, n))]
+                 for r in range(n) for _ in range(self._initial_copies(rngs[r], n))]
 
         before, t0 = self.engine.counters.snapshot(), time.perf_counter()
         try:
             while queue:
                 stats.steps += 1
                 active, finished_now = self._step(queue, trees, stats)
-                queue = self._next_queue(active, finished_now, trees, stats, rng, temperature)
+                queue = self._next_queue(active, finished_now, trees, stats, rngs, temperature)
         finally:
             self.engine.release()
         stats.gen_s = time.perf_counter() - t0
@@ -145,15 +154,16 @@ class TreeSampler:
         """Generate one segment for every in-flight path; sort the paths into active and finished."""
         cfg = self.cfg
         ids = [self._new_id() for _ in queue]
-        requests = [
-            SegmentRequest(path_id=nid, context=trees[p.root].prompt_ids + p.response,
-                           parent_id=p.last if p.live else None)
-            for p, nid in zip(queue, ids)
-        ]
+        sibling: Counter[int] = Counter()  # a path's place among its prompt's requests of this step
+        requests = []
+        for p, nid in zip(queue, ids):
+            requests.append(SegmentRequest(path_id=nid, context=trees[p.root].prompt_ids + p.response,
+                                           parent_id=p.last if p.live else None,
+                                           seed=stream_key(self._root_keys[p.root], stats.steps, sibling[p.root])))
+            sibling[p.root] += 1
         stats.requests_per_step.append(len(requests))
-        # one seed per step, independent of how many random draws the policies made before
-        step_seed = derive_seed(self._seed, stats.steps)
-        outs = self.engine.generate(requests, cfg.segment_len, self.sampling, step_seed)
+        # every request carries its own stream key: the call seed only names the call
+        outs = self.engine.generate(requests, cfg.segment_len, self.sampling, stats.steps)
 
         active: dict[int, list[_Path]] = defaultdict(list)
         finished_now: Counter[int] = Counter()
@@ -189,13 +199,13 @@ class TreeSampler:
                                                       node.entropies[:keep])
         node.text = self.decode(node.tokens)
 
-    def _next_queue(self, active, finished_now, trees, stats, rng, temperature) -> list[_Path]:
+    def _next_queue(self, active, finished_now, trees, stats, rngs, temperature) -> list[_Path]:
         """Divergence for roots with active paths, fallback for the others; grouped by root."""
         cfg, n = self.cfg, len(trees)
         nxt: list[_Path] = []
         for root, paths in active.items():
             alloc = self._children(trees[root], paths, len(trees[root].leaves), finished_now[root],
-                                   len(active), n, rng, temperature)
+                                   len(active), n, rngs[root], temperature)
             stats.children_per_active_path.extend(alloc)
             for p, k in zip(paths, alloc):
                 nxt += [_Path(root, p.last, p.response, live=True, fallback_count=p.fallback_count)
@@ -215,6 +225,7 @@ class TreeSampler:
             if stats.finished_at_first_fallback[root] is None:
                 stats.finished_at_first_fallback[root] = len(tree.leaves)
             stats.fallback_rounds[root] += 1
+            rng = rngs[root]
             copies = lambda: divergence.branch_factor(cfg, rng, n)  # b, drawn per candidate
             plan = fallback.plan_fallback(tree, missing, cfg, rng, copies, self._new_id, self.decode)
             for restart in plan:
