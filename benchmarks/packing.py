@@ -186,13 +186,13 @@ class Workload:
         import torch
 
         from treepo_lab.algo.loss import ppo_loss
-        from treepo_lab.train.update import FORWARDS, leaf_logprobs, ppo_update
+        from treepo_lab.train.update import FORWARDS, first_epoch, leaf_logprobs, ppo_update
 
         model, forward = self.model, FORWARDS[side]
         model.load_state_dict(self.state)
         opt = torch.optim.AdamW(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         plan = self.plan(side, self.tc.ppo_epochs)
-        first = [m for mb in plan[0] for m in mb]
+        first = first_epoch(plan)
         model.eval()
         old = leaf_logprobs(model, self.batch, first, 1.0, forward)
         ref = leaf_logprobs(self.ref, self.batch, first, 1.0, forward) if self.ref is not None else None
@@ -210,12 +210,12 @@ class Workload:
         import torch
 
         from treepo_lab.algo.loss import ppo_loss
-        from treepo_lab.train.update import FORWARDS, leaf_logprobs, ppo_update
+        from treepo_lab.train.update import FORWARDS, first_epoch, leaf_logprobs, ppo_update
 
         model, forward = self.model, FORWARDS[side]
         model.load_state_dict(self.state)
         plan = self.plan(side, 1)
-        old = [x - 0.1 for x in leaf_logprobs(model, self.batch, plan[0][0], 1.0, forward)]
+        old = [x - 0.1 for x in leaf_logprobs(model, self.batch, first_epoch(plan), 1.0, forward)]
         ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.0), self.batch, plan, old, self.adv, ppo_loss,
                    self.loss_cfg, temperature=1.0, max_response_len=self.max_response_len, grad_clip=1e9,
                    forward=forward)

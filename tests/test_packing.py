@@ -29,8 +29,8 @@ from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
 from treepo_lab.train import packing
 from treepo_lab.train.packing import build_pack, forward_packed, split_packs, tree_mask
-from treepo_lab.train.update import (LeafBatch, forward_leaves, leaf_logprobs, place, plan_minibatches,
-                                     ppo_update)
+from treepo_lab.train.update import (LeafBatch, first_epoch, forward_leaves, leaf_logprobs, place,
+                                     plan_minibatches, ppo_update)
 
 TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 TEMP = 0.9
@@ -260,7 +260,7 @@ def run_update(model, batch, adv, cfg, packing_kind: str, budget: int, epochs: i
     tree = packing_kind == "tree"
     plan = plan_minibatches(batch, epochs, 2, 5, gen, pack_tokens=budget if tree else None)
     forward = forward_packed if tree else forward_leaves
-    first = [m for mb in plan[0] for m in mb]
+    first = first_epoch(plan)
     old, ref = (leaf_logprobs(m, batch, first, TEMP, forward) for m in (model, ref_model))
     before = [p.detach().clone() for p in model.parameters()]
     ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.02), batch, plan, old, adv, loss_fn, cfg,

@@ -15,7 +15,7 @@ from treepo_lab.models.tiny import build_tiny_model
 from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.rollout.config import SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
-from treepo_lab.train.update import LeafBatch, leaf_logprobs, plan_minibatches, ppo_update
+from treepo_lab.train.update import LeafBatch, first_epoch, leaf_logprobs, plan_minibatches, ppo_update
 
 TOK = build_char_tokenizer()
 PAD = TOK.pad_token_id
@@ -50,7 +50,7 @@ def token_advantages(batch, seed=0):
 
 def one_minibatch_plan(batch, micro):
     rows = list(range(len(batch)))
-    return [[[rows[s: s + micro] for s in range(0, len(rows), micro)]]]
+    return [[[[rows[s: s + micro] for s in range(0, len(rows), micro)]]]]  # one epoch, mini-batch, share
 
 
 # log-probs are float32 whatever the model dtype (engines/logprobs.py), hence rtol 1e-5: a wrong
@@ -59,7 +59,7 @@ def one_minibatch_plan(batch, micro):
 def update(model, batch, plan, adv, cfg, temperature=1.0, lr=1.0, loss_fn=ppo_loss):
     """Apply ppo_update with plain SGD; return the parameter change of every tensor."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    old = leaf_logprobs(model, batch, [m for mb in plan[0] for m in mb], temperature)
+    old = leaf_logprobs(model, batch, first_epoch(plan), temperature)
     ppo_update(model, torch.optim.SGD(model.parameters(), lr=lr), batch, plan, old, adv, loss_fn, cfg,
                temperature=temperature, max_response_len=16, grad_clip=1e9)
     return {n: p.detach() - before[n] for n, p in model.named_parameters()}
@@ -94,7 +94,7 @@ def test_first_minibatch_of_first_epoch_has_ratio_exactly_one(model):
         return ppo_loss(logp, old, adv, mask, cfg, **kw)
 
     update(copy.deepcopy(model), batch, plan, token_advantages(batch), LossConfig(), lr=0.5, loss_fn=recording)
-    first = len(plan[0][0])
+    first = len(plan[0][0][0])  # the micro-batches of the first mini-batch (one share: one process)
     assert all(torch.equal(r, torch.zeros_like(r)) for r in log_ratios[:first])  # bit-exact on-policy
     assert any(r.abs().max() > 0 for r in log_ratios[first:])  # after an optimizer step: off-policy
 

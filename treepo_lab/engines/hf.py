@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -120,11 +121,15 @@ class HFEngine:
     def release(self) -> None:
         self._drop_state()
 
-    def load_weights(self, state_dict: dict) -> None:
+    def load_weights(self, weights) -> None:
+        """New weights: a state dict or (name, tensor) pairs, copied one at a time."""
         own = self.model.state_dict()
-        shared = all(k in own and own[k].data_ptr() == v.data_ptr() for k, v in state_dict.items())
-        if not shared:  # the trainer may own the very same model: then the weights are already here
-            self.model.load_state_dict(state_dict)
+        with torch.no_grad():
+            for name, t in weights.items() if isinstance(weights, Mapping) else weights:
+                if name not in own:
+                    raise KeyError(f"load_weights: {name!r} is not a weight of {type(self.model).__name__}")
+                if own[name].data_ptr() != t.data_ptr():  # the trainer may own the very same model
+                    own[name].copy_(t)
         self._drop_state()  # caches were computed by the old weights
 
     @torch.inference_mode()

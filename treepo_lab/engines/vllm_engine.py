@@ -36,6 +36,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,11 @@ class VLLMEngine:
         }
         if self.gpu:
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+        # under torchrun: one in-process engine per rank (tensor_parallel_size > 1: one per group of that
+        # many ranks), joined to the trainer's process group rather than spawning workers of its own
+        self.external = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.external:
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if opts.max_num_seqs is not None:
             kwargs["max_num_seqs"] = opts.max_num_seqs
         kwargs.update(opts.extra)
@@ -254,8 +260,9 @@ class VLLMEngine:
     def release(self, path_ids: list[int] | None = None) -> None:
         """Nothing to free: vLLM owns its cache, and unreferenced blocks are evicted as needed."""
 
-    def load_weights(self, state_dict: dict) -> None:
-        """Take new policy weights (a full HF-named state dict of the same architecture).
+    def load_weights(self, weights) -> None:
+        """Take new policy weights: a full HF-named state dict of the same architecture, or (name, tensor)
+        pairs (under FSDP each gathered whole as it is consumed: never a second whole copy).
 
         vLLM's in-place reload (`Worker.reload_weights`) runs the model's own `load_weights` and then
         redoes the post-load processing: on CPU the linear weights are repacked for the CPU kernels,
@@ -264,7 +271,10 @@ class VLLMEngine:
         collective_rpc (with tensor_parallel_size > 1 the tensors are pickled to each worker). The
         prefix cache is reset afterwards: cached KV was computed by the old weights.
         """
-        weights = [(name, tensor.detach()) for name, tensor in state_dict.items()]
+        pairs = weights.items() if isinstance(weights, Mapping) else weights
+        weights = ((name, tensor.detach()) for name, tensor in pairs)
+        if self.options.tensor_parallel_size > 1 and not self.external:
+            weights = list(weights)  # pickled to the engine's own worker processes
         self.llm.collective_rpc("reload_weights",
                                 kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not self.llm.reset_prefix_cache():

@@ -68,6 +68,26 @@ class RolloutResult:
     trees: list[Tree]
     stats: RolloutStats
 
+    @classmethod
+    def merge(cls, parts: list[RolloutResult]) -> RolloutResult:
+        """One result from the results of consecutive shares of one batch (data-parallel ranks): trees
+        and per-prompt lists in order, counts and engine work summed, per-step requests summed step by
+        step, the wall time of the slowest."""
+        first = parts[0].stats
+        steps = max(p.stats.steps for p in parts)
+        stats = RolloutStats(
+            n_prompts=sum(p.stats.n_prompts for p in parts), max_depth=first.max_depth, steps=steps,
+            requests_per_step=[sum(p.stats.requests_per_step[i] for p in parts if i < len(p.stats.requests_per_step))
+                               for i in range(steps)],
+            short_prompts=sum(p.stats.short_prompts for p in parts),
+            dropped_short=sum(p.stats.dropped_short for p in parts), div_temperature=first.div_temperature,
+            gen_s=max(p.stats.gen_s for p in parts),
+            counters=EngineCounters(**{k: sum(getattr(p.stats.counters, k) for p in parts)
+                                       for k in vars(first.counters)}))
+        for name in ("children_per_active_path", "fallback_requests", "fallback_rounds", "finished_at_first_fallback"):
+            setattr(stats, name, [x for p in parts for x in getattr(p.stats, name)])
+        return cls([t for p in parts for t in p.trees], stats)
+
     def metrics(self) -> dict[str, float]:
         from treepo_lab.rollout.accounting import rollout_metrics
 

@@ -6,6 +6,11 @@ A checkpoint is a directory `step-000040/` holding
   state.json    optimizer param groups, scheduler state, RNG states, step, data position, run id
 It is written to `.step-000040.tmp/` and renamed when complete, so a kill mid-write never leaves a
 directory that looks like a checkpoint. Only the last `keep_last` are kept.
+
+The layout holds whole tensors whatever the world size: a DDP- or FSDP-wrapped model's full state dicts are
+gathered with torch's distributed-checkpoint helpers (a collective: every rank calls save and restore),
+rank 0 writes them, and any world size reads them back (each FSDP rank keeps its own shard). Optimizer
+state is keyed by the parameter's index in `named_parameters()` order, the optimizer's own numbering.
 """
 from __future__ import annotations
 
@@ -16,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+
+from treepo_lab.train.distributed import unwrap
 
 DONE = "state.json"  # written last: a directory without it is not a checkpoint
 
@@ -37,24 +46,36 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _names(model) -> list[str]:
+    return [name for name, _ in unwrap(model).named_parameters()]
+
+
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, is_main: bool = True) -> Path:
+    """`model` may be DDP- or FSDP-wrapped: then every rank calls this, and only `is_main` writes."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
+    weights = get_model_state_dict(model, options=_FULL)
+    opt_state = get_optimizer_state_dict(model, optimizer, options=_FULL)
+    if not is_main:
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+    unwrap(model).save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "model")
     tensors, groups = {}, []
-    opt_state = optimizer.state_dict()
-    for pid, st in opt_state["state"].items():
+    index = {name: i for i, name in enumerate(_names(model))}
+    for name, st in opt_state["state"].items():
         for k, v in st.items():
-            tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"{index[name]}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     for g in opt_state["param_groups"]:
-        groups.append({k: v for k, v in g.items()})
+        groups.append({**g, "params": [index[name] for name in g["params"]]})
     tensors["torch_rng"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optim.safetensors"))
     state = {
@@ -93,18 +114,24 @@ def read_state(ckpt: Path) -> dict:
 
 
 def restore(ckpt: Path, model, optimizer, scheduler) -> dict:
-    """Load weights, optimizer, scheduler and RNG states in place; return state.json."""
+    """Load weights, optimizer, scheduler and RNG states in place; return state.json. `model` may be
+    DDP- or FSDP-wrapped (every rank calls this; FSDP ranks keep their shard of each tensor)."""
     ckpt = Path(ckpt)
     state = read_state(ckpt)
+    weights = {}
     for shard in sorted((ckpt / "model").glob("*.safetensors")):  # a large model saves several shards
-        load_model(model, str(shard), strict=False)
+        weights.update(load_file(str(shard)))
+    # strict=False: a tied output embedding is saved once, under the input embedding's name
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
     tensors = load_file(str(ckpt / "optim.safetensors"))
     torch.set_rng_state(tensors.pop("torch_rng"))
-    opt_state: dict = {"state": {}, "param_groups": state["param_groups"]}
+    names = _names(model)
+    opt_state: dict = {"state": {}, "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                                     for g in state["param_groups"]]}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
-        opt_state["state"].setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict(opt_state)
+        opt_state["state"].setdefault(names[int(pid)], {})[name] = v
+    set_optimizer_state_dict(model, optimizer, opt_state, options=StateDictOptions(full_state_dict=True))
     sched = scheduler.state_dict()
     sched.update(state["scheduler"])
     scheduler.load_state_dict(sched)

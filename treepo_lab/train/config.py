@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from treepo_lab.registry import ConfigError
 
 PACKINGS = ("tree", "flat")  # trainer.packing
+PARALLELS = ("ddp", "fsdp")  # trainer.parallel
 
 
 @dataclass
@@ -32,6 +33,22 @@ class TrainerConfig:
     save_every: int = 20  # steps between checkpoints (<= 0: only at the end)
     keep_last: int = 2  # checkpoints kept
     output_dir: str = "runs"  # checkpoints go to <output_dir>/<run name>/
+    # processes of one run (data parallel over prompt trees, train/distributed.py): `treepo-lab train` starts
+    # them with torchrun's launcher; under `torchrun --nproc-per-node N` the launcher's world size is used.
+    # Each rank samples prompts_per_step / N prompts (so it must divide prompts_per_step)
+    nproc: int = 1
+    # ddp: every rank holds the whole model; fsdp: FSDP2 fully_shard per decoder layer (1/N of the
+    # parameters, gradients and optimizer state per rank). No effect at one process
+    parallel: str = "ddp"
+
+    def check_world(self, size: int, key: str = "trainer.nproc") -> None:
+        """A world of `size` processes can split this config's prompts (called with torchrun's world size too)."""
+        if size > self.prompts_per_step:
+            raise ConfigError(key, size, f"at most trainer.prompts_per_step={self.prompts_per_step} (each process "
+                                         "samples at least one prompt)")
+        if self.prompts_per_step % size:
+            raise ConfigError(key, size, f"a divisor of trainer.prompts_per_step={self.prompts_per_step} (each "
+                                         "process samples the same number of prompts)")
 
     def validate(self) -> None:
         for key in ("steps", "prompts_per_step", "micro_batch_size", "pack_tokens", "ppo_epochs", "keep_last"):
@@ -43,6 +60,11 @@ class TrainerConfig:
         if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
             raise ConfigError("trainer.mini_batch_prompts", self.mini_batch_prompts,
                               f"a divisor of trainer.prompts_per_step={self.prompts_per_step}")
+        if self.nproc < 1:
+            raise ConfigError("trainer.nproc", self.nproc, "an integer >= 1")
+        if self.parallel not in PARALLELS:
+            raise ConfigError("trainer.parallel", self.parallel, f"one of {', '.join(PARALLELS)}")
+        self.check_world(self.nproc)
         if self.packing not in PACKINGS:
             raise ConfigError("trainer.packing", self.packing, f"one of {', '.join(PACKINGS)}")
         if not self.lr > 0:

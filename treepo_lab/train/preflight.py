@@ -9,6 +9,7 @@ exists (`run_experiment` calls `preflight` first): only training itself can leav
     the tokenizer covers every character of the prompts and answers (no silent <unk>)
     the longest prompt plus the longest response (max_depth * segment_len) fits the model's positions
     the DAPO overlong buffer is shorter than the longest response
+    the world (trainer.nproc, or torchrun's WORLD_SIZE) splits prompts_per_step, and the engine can follow it
 
 Each failure is a ConfigError (one line at the command line, exit 2). Warnings (e.g. string answers
 under Math-Verify) come back in the result for the caller to print.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -53,6 +55,7 @@ def preflight(cfg) -> Preflight:
     cfg: ExperimentConfig = validate(to_object(cfg))
     check_keys(cfg)
     check_seeds(cfg)
+    check_world(cfg)
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.resolved_uri())
     task = build_task(cfg.task)
@@ -61,6 +64,22 @@ def preflight(cfg) -> Preflight:
     longest = check_positions(task, tokenizer, max_positions, cfg)
     cfg.reward.validate(max_response_len=cfg.sampler.max_response_len)
     return Preflight(task, tokenizer, max_positions, longest, list(getattr(task, "warnings", [])))
+
+
+def world_size(cfg: ExperimentConfig) -> tuple[int, str]:
+    """The run's process count and the setting that says it: torchrun's WORLD_SIZE, else trainer.nproc."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), "WORLD_SIZE (torchrun --nnodes x --nproc-per-node)"
+    return cfg.trainer.nproc, "trainer.nproc"
+
+
+def check_world(cfg: ExperimentConfig) -> None:
+    size, key = world_size(cfg)
+    cfg.trainer.check_world(size, key)
+    tp = cfg.engine.tensor_parallel_size
+    if size > 1 and cfg.engine.name == "vllm" and size % tp:
+        raise ConfigError("engine.tensor_parallel_size", tp, f"a divisor of the world size {size} ({key}): one "
+                                                              "vLLM engine per group of that many ranks")
 
 
 def check_keys(cfg: ExperimentConfig) -> None:

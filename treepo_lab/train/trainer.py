@@ -6,8 +6,13 @@ sync the engine. The pieces live beside it: scoring with its time limit and rewa
 algo/scoring.py and algo/reward.py, the PPO update in train/update.py, metric assembly in
 train/metrics.py, evaluation in train/evaluate.py.
 
-Every random draw of step s comes from generators seeded with (seed, s, purpose), so a run resumed
-from a checkpoint continues exactly as the uninterrupted run would (CPU, one process).
+Every random draw of step s comes from generators seeded with (seed, s, purpose), and a rollout's from
+(seed, s, purpose, the prompt's index in the step's batch), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would, and a prompt gets the same tree at any world size.
+
+Under torchrun (train/distributed.py) each rank samples and scores its share of the step's prompts, the
+scored trees are gathered (every rank then holds the batch one process would), and the update is split
+by prompt with gradients summed across ranks. Only rank 0 has a tracker, a progress bar and a run dir.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from treepo_lab.seeding import derive_seed, seed_everything
 from treepo_lab.tasks.build import build_task
 from treepo_lab.track.null import NULL_TRACKER
 from treepo_lab.train import checkpoint as ckpt
+from treepo_lab.train import distributed
 from treepo_lab.train.evaluate import evaluate
 from treepo_lab.train.metrics import batch_metrics, rollout_step_metrics
 from treepo_lab.train.progress import StepProgress, eval_progress
@@ -44,7 +50,10 @@ from treepo_lab.train.update import (
     FORWARDS,
     LeafBatch,
     TrainingDiverged,
+    first_epoch,
+    forwards_per_rank,
     leaf_logprobs,
+    mean_stats,
     minibatch_prompts,
     plan_minibatches,
     ppo_update,
@@ -80,21 +89,27 @@ class Trainer:
         """`on_eval(step, metrics)` is called after every held-out evaluation; what it raises propagates
         (a sweep prunes a trial that way)."""
         self.cfg = cfg = validate(to_object(cfg))  # every value checked before any compute
+        self.world = world = distributed.init_world(cfg.model.device)
         seed_everything(cfg.seed)
         self.model_path = resolve_model(cfg.model, warmstart_config(cfg))
-        self.model, self.tokenizer = load_model_and_tokenizer(
-            self.model_path, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
+        policy, self.tokenizer = load_model_and_tokenizer(
+            self.model_path, cfg.model.dtype, distributed.device_for(cfg.model.device, world),
+            cfg.model.trust_remote_code)
         self.task = build_task(cfg.task)
-        # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself
-        self.engine = build_engine(cfg.engine.name, self.model_path if cfg.engine.name == "vllm" else self.model,
+        # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself,
+        # or under FSDP (whose forwards are collectives) from a whole copy that follows the shards
+        sampled = copy.deepcopy(policy) if world.distributed and cfg.trainer.parallel == "fsdp" else policy
+        self.engine = build_engine(cfg.engine.name, self.model_path if cfg.engine.name == "vllm" else sampled,
                                    self.tokenizer, **vars(cfg.engine))
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
         self.scorer = Scorer(self.task, self.decode, cfg.trainer.reward_timeout_s)
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")
-        self.packing = resolve_packing(cfg.trainer.packing, self.model)  # tree, or flat with the reason logged
+        self.packing = resolve_packing(cfg.trainer.packing, policy)  # tree, or flat with the reason logged
         self.ref_model = None
         if cfg.loss.kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            ref = copy.deepcopy(policy).eval().requires_grad_(False)
+            self.ref_model = distributed.wrap(ref, "fsdp", world) if cfg.trainer.parallel == "fsdp" else ref
+        self.model = distributed.wrap(policy, cfg.trainer.parallel, world)  # the training module
         t = cfg.trainer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -103,9 +118,9 @@ class Trainer:
         self.cumulative = CumulativeCompute()
         self.wall_s = 0.0  # training wall time, carried across resumes
         self.history: list[dict] = []  # every logged metric dict (also returned by fit)
-        self.tracker = tracker
+        self.tracker = tracker if world.is_main else NULL_TRACKER
         self.on_eval = on_eval
-        self.run_dir = Path(run_dir) if run_dir else None
+        self.run_dir = Path(run_dir) if run_dir else None  # every rank saves (a collective); rank 0 writes
         self._progress = True
         self.skipped_steps = 0  # steps with nothing to learn (DAPO kept no prompt in any round)
         self._last_eval_step = -1
@@ -117,14 +132,14 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------
     def fit(self, progress: bool = True) -> list[dict]:
         cfg, tc = self.cfg, self.cfg.trainer
-        self._progress = progress
-        if self.run_dir is not None:
+        self._progress = progress and self.world.is_main
+        if self.run_dir is not None and self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         if self.step == 0 and tc.eval_before:
             self._eval_and_log()
         start = time.perf_counter() - self.wall_s
-        with StepProgress(tc.steps, initial=self.step, enabled=progress) as bar:
+        with StepProgress(tc.steps, initial=self.step, enabled=self._progress) as bar:
             while self.step < tc.steps and not (tc.max_wall_s > 0 and self.wall_s >= tc.max_wall_s):
                 metrics = self.train_step(self.step)
                 self.step += 1
@@ -156,8 +171,10 @@ class Trainer:
         t0 = time.perf_counter()
         errors0, timeouts0 = self.scorer.errors, self.scorer.timeouts
         rounds, batch, groups = self.sample_and_score(step)
+        errors, timeouts = np.sum(self.world.all_gather((self.scorer.errors - errors0, self.scorer.timeouts - timeouts0)),
+                                  axis=0)
         metrics = {**rollout_step_metrics(rounds), **groups.metrics(), "timing_s/gen": time.perf_counter() - t0,
-                   "reward/errors": self.scorer.errors - errors0, "reward/timeouts": self.scorer.timeouts - timeouts0}
+                   "reward/errors": errors, "reward/timeouts": timeouts}
         if not batch.trees:  # every prompt was all-right or all-wrong in every round: nothing to learn
             return {**metrics, "train/skipped": 1.0, "critic/score/mean": float("nan")}
         adv = compute_advantages(batch.trees, batch.rewards, self.cfg.advantage)
@@ -166,7 +183,7 @@ class Trainer:
         t1 = time.perf_counter()
         metrics.update(self.update_policy(batch.trees, adv, step))
         metrics["timing_s/update"] = time.perf_counter() - t1
-        self.engine.load_weights(self.model.state_dict())  # the engine samples from the new policy
+        self.sync_engine()  # the engine samples from the new policy
         metrics["timing_s/step"] = time.perf_counter() - t0
         self._last_trees = batch.trees
         return metrics
@@ -181,6 +198,7 @@ class Trainer:
             result, problems = self._rollout(step, groups.rounds)
             correct, rewards = score_leaves(result.trees, problems, self.scorer, cfg.reward,
                                             cfg.sampler.max_response_len)
+            result, correct, rewards = self._gather(result, correct, rewards)
             rounds.append(result)
             items = list(zip(result.trees, correct, rewards))
             if cfg.reward.dynamic_sampling:
@@ -191,16 +209,27 @@ class Trainer:
         return rounds, Scored([t for t, _, _ in kept], [c for _, c, _ in kept], [r for _, _, r in kept]), groups
 
     def _rollout(self, step: int, round_: int):
+        """This rank's share of the round's prompts (all of them in one process), each keyed by its index."""
         cfg = self.cfg
         rng = np.random.default_rng(derive_seed(cfg.seed, step, _PROBLEMS + round_))
         problems = self.task.sample(cfg.trainer.prompts_per_step, rng)
+        share = self.world.share(len(problems))
+        problems = [problems[i] for i in share]
         try:
             result = self.sampler.rollout([self.encode(p.prompt) for p in problems], step=step,
                                           total_steps=cfg.trainer.steps,
-                                          seed=derive_seed(cfg.seed, step, _ROLLOUT + round_))
+                                          seed=derive_seed(cfg.seed, step, _ROLLOUT + round_), keys=list(share))
         except torch.OutOfMemoryError as err:
             raise RuntimeError(MEMORY_HINT) from err
         return result, problems
+
+    def _gather(self, result: RolloutResult, correct, rewards):
+        """The whole round's scored trees on every rank, in prompt order (ranks hold contiguous shares)."""
+        if not self.world.distributed:
+            return result, correct, rewards
+        parts = self.world.all_gather((result, correct, rewards))
+        return (RolloutResult.merge([p[0] for p in parts]), [c for p in parts for c in p[1]],
+                [r for p in parts for r in p[2]])
 
     def update_policy(self, trees: list[Tree], adv: AdvantageResult, step: int) -> dict:
         """Old (and reference) log-probs before any change, then the PPO epochs, then the lr schedule."""
@@ -210,18 +239,33 @@ class Trainer:
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, _MINIBATCH))
         tree = self.packing == "tree"
         plan = plan_minibatches(batch, tc.ppo_epochs, per_mb, tc.micro_batch_size, gen,
-                                pack_tokens=tc.pack_tokens if tree else None)
-        first_epoch = [mic for mb in plan[0] for mic in mb]  # the same forwards as the first update: ratio 1
+                                pack_tokens=tc.pack_tokens if tree else None, shares=self.world.size)
+        # the same forwards as the first update (ratio 1): this rank's share, gathered for later epochs
+        mine, n_forwards = first_epoch(plan, self.world.rank), forwards_per_rank(plan)
         temp, forward = cfg.sampler.temperature, FORWARDS[self.packing]
         self.model.eval()
-        old = leaf_logprobs(self.model, batch, first_epoch, temp, forward)
-        ref = leaf_logprobs(self.ref_model, batch, first_epoch, temp, forward) if self.ref_model is not None else None
-        out = ppo_update(self.model, self.optimizer, batch, plan, old, adv.flat(), self.loss_fn, cfg.loss,
-                         temperature=temp, max_response_len=cfg.sampler.max_response_len,
-                         grad_clip=tc.grad_clip, ref_logp=ref, step=step, forward=forward)
+        old = self._merge(leaf_logprobs(self.model, batch, mine, temp, forward, n_forwards))
+        ref = None
+        if self.ref_model is not None:
+            ref = self._merge(leaf_logprobs(self.ref_model, batch, mine, temp, forward, n_forwards))
+        stats = ppo_update(self.model, self.optimizer, batch, plan, old, adv.flat(), self.loss_fn, cfg.loss,
+                           temperature=temp, max_response_len=cfg.sampler.max_response_len,
+                           grad_clip=tc.grad_clip, ref_logp=ref, step=step, forward=forward, rank=self.world.rank)
+        out = mean_stats(self.world.all_gather(stats))
         self.scheduler.step()
         out["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         return out
+
+    def _merge(self, per_leaf: list) -> list:
+        """Per-leaf values computed by one rank each (None elsewhere), on every rank."""
+        if not self.world.distributed:
+            return per_leaf
+        parts = self.world.all_gather(per_leaf)
+        return [next(p[j] for p in parts if p[j] is not None) for j in range(len(per_leaf))]
+
+    def sync_engine(self) -> None:
+        """The engine takes the policy's weights, one tensor at a time (FSDP: each gathered whole)."""
+        self.engine.load_weights(distributed.full_weights(self.model))
 
     # ---- text <-> tokens ----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -267,14 +311,15 @@ class Trainer:
         extra = {"data_position": self.step, "wall_s": self.wall_s, "cumulative": self.cumulative.totals,
                  "run_id": self.tracker.run_id, "model_path": self.model_path}
         return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.tokenizer,
-                                    self.optimizer, self.scheduler, extra, self.cfg.trainer.keep_last)
+                                    self.optimizer, self.scheduler, extra, self.cfg.trainer.keep_last,
+                                    is_main=self.world.is_main)
 
     def _resume(self, path: Path) -> None:
         state = ckpt.restore(path, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.wall_s = state.get("wall_s", 0.0)
         self.cumulative.totals.update(state.get("cumulative", {}))
-        self.engine.load_weights(self.model.state_dict())
+        self.sync_engine()
 
     def close(self) -> None:
         self.scorer.close()
