@@ -3,9 +3,9 @@
 `seed_everything` seeds the global generators once per process (Python, NumPy, torch);
 `derive_seed` turns (run seed, step, purpose, ...) into an independent, reproducible seed, so every
 random draw of a step can be replayed after a resume; `stream_key` is its cheap cousin for the many
-per-request keys of a rollout (one per path per segment: an engine mixes it with the token position); `torch_seeded` runs a block under a fixed torch
-seed without moving the caller's global torch generator (model init, seeded sampling in tests and
-the warm start).
+per-request keys of a rollout (one per path per segment: an engine mixes it with the token position);
+`torch_seeded` runs a block under a fixed torch seed without moving the caller's global torch generator
+(model init, seeded sampling in tests and the warm start).
 
 torch is imported by the two functions that seed it, not here: the sampler derives its seeds from
 this module, and `treepo-lab show` and every config error must run without importing torch.

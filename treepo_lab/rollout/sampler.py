@@ -246,7 +246,7 @@ class TreeSampler:
                 stats.finished_at_first_fallback[root] = len(tree.leaves)
             stats.fallback_rounds[root] += 1
             rng = rngs[root]
-            copies = lambda: divergence.branch_factor(cfg, rng, n)  # b, drawn per candidate
+            copies = lambda rng=rng: divergence.branch_factor(cfg, rng, n)  # b, drawn per candidate
             plan = fallback.plan_fallback(tree, missing, cfg, rng, copies, self._new_id, self.decode)
             for restart in plan:
                 response = tree.tokens_to(restart.last)
