@@ -77,9 +77,15 @@ def cmd_show(own, overrides, raw):
 def cmd_train(own, overrides, raw, default="default"):
     from treepo_lab.train.run import run_experiment
 
+    from treepo_lab.train import launch
+
     cfg = _load(own, overrides, default)
+    if cfg.trainer.nproc > 1 and not launch.launched():  # this process starts the ranks and waits
+        launch.launch(cfg, ["train", *raw])
+        return
     trainer, history = run_experiment(cfg)
-    print_summary(trainer, history)
+    if trainer is not None and trainer.world.is_main:  # None: the ranks ran it (trainer.nproc > 1)
+        print_summary(trainer, history)
 
 
 def cmd_resume(own, overrides, raw):
@@ -92,7 +98,8 @@ def cmd_resume(own, overrides, raw):
     except getattr(train_run, "RunComplete", ()) as done:  # nothing left to do: not an error
         print(done)
         return
-    print_summary(trainer, history)
+    if trainer is not None and trainer.world.is_main:  # None: the ranks ran it (trainer.nproc > 1)
+        print_summary(trainer, history)
 
 
 def cmd_warmstart(own, overrides, raw, default="default"):

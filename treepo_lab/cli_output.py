@@ -18,7 +18,8 @@ from treepo_lab.train.progress import fmt
 # loggers of other libraries that print INFO lines a user did not ask for
 NOISY_LOGGERS = ("mlflow", "alembic", "transformers", "urllib3", "httpx", "huggingface_hub", "vllm", "optuna")
 UI_URL = "http://127.0.0.1:5000"
-USER_ERRORS_ELSEWHERE = ("TrackingError", "UIError")  # by name: importing their modules would load mlflow
+# by name: importing their modules would load mlflow or torch; a failed rank or launch is one line too
+USER_ERRORS_ELSEWHERE = ("TrackingError", "UIError", "RankFailed", "LaunchFailed")
 VERBOSE = False  # set by configure_output (-v)
 
 

@@ -135,6 +135,9 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self._ended = False
         self._sigterm_installed, self._prev_sigterm = False, None
+        # () -> the error another rank of a distributed run left, or None: SIGTERM (torchrun stopping the
+        # ranks after one failed) then ends the run FAILED with it rather than KILLED
+        self.peer_error = None
         # on resume: metric -> last step already logged. The steps between the last checkpoint and a
         # crash are recomputed exactly, so their points are in MLflow already: one point per step.
         self._logged_up_to: dict[str, int] = {}
@@ -143,7 +146,7 @@ class Tracker:
     def start(cls, cfg_dict_resolved: Any, tracking_cfg: TrackingConfig, experiment: str, seed: int,
               engine: str, device: str, sweep_id: str | None = None, trial: int | None = None,
               parent_run_id: str | None = None, resume_run_id: str | None = None,
-              overrides: list[str] | None = None) -> Tracker | NullTracker:
+              overrides: list[str] | None = None, world_size: int = 1) -> Tracker | NullTracker:
         """Start (or resume, by run id) the run and log params, tags and config.yaml.
 
         `experiment` is the registry experiment's name (tag `treepo.experiment`, start of the run name).
@@ -171,6 +174,7 @@ class Tracker:
         tags = {
             "treepo.experiment": experiment, "treepo.seed": str(seed),
             "treepo.engine": str(engine), "treepo.device": str(device), "treepo.version": lab_version(),
+            "treepo.world_size": str(world_size),
             **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
             **({"treepo.sweep_id": str(sweep_id)} if sweep_id is not None else {}),
             **({"treepo.trial": str(trial)} if trial is not None else {}),
@@ -352,8 +356,12 @@ class Tracker:
 
     def _on_sigterm(self, signum, frame) -> None:
         prev = self._prev_sigterm
+        peer = self.peer_error() if self.peer_error is not None else None
         try:
-            self.end("KILLED")
+            if peer is not None:
+                self.finish(peer)
+            else:
+                self.end("KILLED")
         except Exception:  # e.g. the store was mid-write: let __exit__ retry after the stack unwinds
             self._ended = False
             log.warning("could not mark run %s KILLED from the SIGTERM handler", self.run_id, exc_info=True)

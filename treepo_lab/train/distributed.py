@@ -176,3 +176,40 @@ def full_weights(model):
     new weights without a second whole copy of the model."""
     for name, t in unwrap(model).state_dict().items():
         yield name, full(t).detach()
+
+
+# ---- failures ------------------------------------------------------------------------------------------
+
+ERROR_KEY = "treepo/error"
+
+
+class RankFailed(RuntimeError):
+    """Another rank of the run failed: its error, in one line."""
+
+
+def _store():
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()  # torchrun's rendezvous store: outlives any worker
+
+
+def publish_error(world: World, exc: BaseException) -> None:
+    """Leave this rank's error where rank 0 can read it (it ends the MLflow run FAILED with it)."""
+    if not world.distributed or not torch.distributed.is_initialized():
+        return
+    first = (str(exc).strip().splitlines() or [""])[0][:500]
+    with contextlib.suppress(Exception):
+        _store().set(ERROR_KEY, f"rank {world.rank}: {type(exc).__name__}: {first}")
+
+
+def peer_error(world: World) -> RankFailed | None:
+    """The error another rank published, if any (never blocks)."""
+    if not world.distributed or not torch.distributed.is_initialized():
+        return None
+    try:
+        store = _store()
+        if store.check([ERROR_KEY]):
+            return RankFailed(store.get(ERROR_KEY).decode())
+    except Exception:  # noqa: BLE001 (the store is gone with the job: nothing to read)
+        return None
+    return None

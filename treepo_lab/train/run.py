@@ -26,6 +26,7 @@ from treepo_lab.registry import ConfigError
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.track.mlflow_tracker import Tracker, TrackingError, check_reachable
 from treepo_lab.train import checkpoint as ckpt
+from treepo_lab.train import distributed
 from treepo_lab.train.preflight import check_checkpoint, lock_run_dir, preflight
 from treepo_lab.train.progress import setup_step
 from treepo_lab.train.trainer import Trainer
@@ -80,13 +81,22 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
         dataclasses.replace(cfg.tracking, tracking_uri=store_uri)
     if tracking.enabled:
         check_reachable(tracking.resolved_uri())
-    if resume_from is not None:
-        run_dir, name = Path(resume_from).resolve().parent.parent, None
-        check_checkpoint(Path(resume_from))
-    else:
-        run_dir, name = _new_run_dir(cfg, trial)
-    created = not run_dir.exists()
-    lock = lock_run_dir(run_dir)
+    world = distributed.init_world(cfg.model.device)  # a world of one without torchrun
+    if not world.is_main:
+        return _run_other_rank(cfg, world, resume_from, on_eval)
+    try:
+        if resume_from is not None:
+            run_dir, name = Path(resume_from).resolve().parent.parent, None
+            check_checkpoint(Path(resume_from))
+        else:
+            run_dir, name = _new_run_dir(cfg, trial)
+        created = not run_dir.exists()
+        lock = lock_run_dir(run_dir)
+    except BaseException as err:
+        world.broadcast((None, f"{type(err).__name__}: {err}"))  # the other ranks stop with it
+        distributed.abort_world(world)
+        raise
+    world.broadcast((str(run_dir), None))
     try:
         device = str(resolve_device(cfg.model.device))
         # the model is built before the MLflow run exists: a model that fails to load leaves no run
@@ -95,18 +105,44 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
         tracking = tracking if name is None else dataclasses.replace(tracking, run_name=name)
         tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), tracking, cfg.name, cfg.seed,
                                 cfg.engine.name, device, sweep_id=sweep_id, trial=trial, parent_run_id=parent_run_id,
-                                resume_run_id=resume_run_id)
+                                resume_run_id=resume_run_id, world_size=world.size)
     except BaseException:
         lock.release()
         if created:  # nothing but the lock was written: leave no trace
             shutil.rmtree(run_dir, ignore_errors=True)
+        distributed.abort_world(world)
         raise
     try:
         _record_store(trainer, tracker, run_dir)
         history = _train(trainer, tracker, run_dir, progress)
+    except BaseException:
+        distributed.abort_world(world)
+        raise
     finally:
         trainer.close()
         lock.release()
+    distributed.close_world(world)
+    return trainer, history
+
+
+def _run_other_rank(cfg: ExperimentConfig, world, resume_from, on_eval) -> tuple[Trainer, list[dict]]:
+    """Ranks > 0: the same trainer on the run directory rank 0 chose; no lock, tracker, progress or files."""
+    run_dir, refused = world.broadcast(None)
+    if refused:
+        distributed.abort_world(world)
+        raise distributed.RankFailed(f"rank 0: {refused}")
+    trainer = None
+    try:
+        trainer = Trainer(cfg, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
+        history = trainer.fit(progress=False)
+    except BaseException as err:
+        distributed.publish_error(world, err)
+        distributed.abort_world(world)
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+    distributed.close_world(world)
     return trainer, history
 
 
@@ -121,16 +157,28 @@ def _record_store(trainer: Trainer, tracker, run_dir: Path) -> None:
 
 def _train(trainer: Trainer, tracker, run_dir: Path, progress: bool) -> list[dict]:
     ref = tracker.run_id or str(run_dir)
+    world = trainer.world
+    # torchrun stops every rank with SIGTERM when one fails: the run then ends FAILED with that rank's error
+    if world.distributed and hasattr(tracker, "peer_error"):
+        tracker.peer_error = lambda: distributed.peer_error(world) or distributed.RankFailed(
+            "stopped by torchrun: another rank failed without a word (killed?), or the job was stopped")
     try:
         with tracker:
             tracker.set_tag(RUN_DIR_TAG, str(run_dir))
             try:
                 history = trainer.fit(progress=progress)
             except Exception as err:
+                peer = distributed.peer_error(world)
+                if peer is not None:  # a collective failed because another rank did: say which and why
+                    raise peer from err
+                if world.distributed and any(m in str(err) for m in ("Connection closed by peer", "Connection reset")):
+                    raise distributed.RankFailed(f"another rank stopped without an error (killed?) at step "
+                                                 f"{trainer.step}: {_first_line(err)}") from err
                 if not _server_gone(tracker):
                     raise
                 # every tracker call sits between steps, so the trainer's state is whole: keep it
-                path = trainer.save()
+                # (one rank cannot save alone under FSDP: the last checkpoint is the one to resume)
+                path = ckpt.latest_checkpoint(run_dir / "checkpoints") if world.distributed else trainer.save()
                 raise TrackingError(f"the MLflow tracking server {tracker.tracking_uri} stopped answering at step "
                                     f"{trainer.step}; checkpoint saved: {path}; when it is back: treepo-lab resume "
                                     f"{run_dir}") from err
@@ -140,6 +188,10 @@ def _train(trainer: Trainer, tracker, run_dir: Path, progress: bool) -> list[dic
     except KeyboardInterrupt:
         raise RunInterrupted(ckpt.latest_checkpoint(run_dir / "checkpoints"), ref) from None
     return history
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def _server_gone(tracker) -> bool:
@@ -207,6 +259,11 @@ def resume(ref: str, overrides: list[str] | None = None, progress: bool = True):
     if state["step"] >= cfg.trainer.steps and _finished(cfg, run_id, uri):
         raise RunComplete(f"run {run_id or run_dir} is complete ({state['step']} of {cfg.trainer.steps} steps, "
                           f"FINISHED): nothing to do; to train further: treepo-lab resume {ref} trainer.steps=<more>")
+    from treepo_lab.train import launch
+
+    if cfg.trainer.nproc > 1 and not launch.launched():  # the ranks each run this resume
+        launch.launch(cfg, ["resume", ref, *overrides])
+        return None, []
     return run_experiment(cfg, resume_from=path, resume_run_id=run_id, progress=progress, store_uri=uri)
 
 
