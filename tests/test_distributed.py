@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,7 @@ CASES = {
     "fsdp-flat-seqnorm": ["trainer.parallel=fsdp", "trainer.packing=flat",
                           "loss.loss_agg_mode=seq-mean-token-sum-norm", "trainer.micro_batch_size=3"],
 }
+LAUNCHED = "ddp-flat-seqnorm"  # this case starts its ranks with `treepo-lab train trainer.nproc=2`
 VOLATILE_TAGS = ("treepo.world_size", "treepo.run_dir", "treepo.checkpoint")
 # metrics that are the same numbers at any world size (timings, per-micro-batch loss means are not)
 SAME_METRICS = ("critic/score/mean", "rollout/decoded_tokens", "rollout/generated_tokens", "response_length/mean",
@@ -119,7 +121,13 @@ def store(tmp_path, monkeypatch):
 def test_two_ranks_equal_one_process(store, ws_cache, tmp_path, case):
     knobs = CASES[case]
     one, _ = run_experiment(load_config(EXPERIMENT, _over(ws_cache, store, "one", *knobs)), progress=False)
-    out = _torchrun(["train", f"experiment={EXPERIMENT}", *_over(ws_cache, store, "two", *knobs)], tmp_path)
+    args = ["train", f"experiment={EXPERIMENT}", *_over(ws_cache, store, "two", *knobs)]
+    if case == LAUNCHED:  # `treepo-lab train trainer.nproc=2`, the command users type, starts both ranks itself
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-m", "treepo_lab.cli", *args, "trainer.nproc=2"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=240)
+    else:
+        out = _torchrun(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     start = load_file(str(Path(one.model_path) / "model.safetensors"))
     _assert_same_weights(_weights(one.run_dir), _weights(tmp_path / "runs" / "two"), start)
@@ -127,6 +135,7 @@ def test_two_ranks_equal_one_process(store, ws_cache, tmp_path, case):
     r1, r2 = _run(client, "one"), _run(client, "two")
     assert r2.info.status == "FINISHED" and r2.data.tags["treepo.world_size"] == "2"
     assert r1.data.tags["treepo.world_size"] == "1"
+    assert json.loads((tmp_path / "runs" / "two" / "tracking.json").read_text())["run_id"] == r2.info.run_id
     tags = lambda r: {k: v for k, v in r.data.tags.items() if k.startswith("treepo.") and k not in VOLATILE_TAGS}
     assert tags(r1) == tags(r2)
     assert set(r1.data.metrics) == set(r2.data.metrics)
@@ -141,10 +150,8 @@ def test_resume_at_two_ranks_and_at_one_gives_the_same_run(store, ws_cache, tmp_
     knobs = CASES["fsdp-tree-token-dapo"]
     out = _torchrun(["train", f"experiment={EXPERIMENT}", *_over(ws_cache, store, "r", *knobs)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "r"
-    step2 = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    kept = tmp_path / "step-000002"  # the 2-rank checkpoint, for the 1-rank resume after the 2-rank one
-    subprocess.run(["cp", "-r", str(step2), str(kept)], check=True)
+    run_dir, copy = tmp_path / "runs" / "r", tmp_path / "runs" / "r-copy"
+    shutil.copytree(run_dir, copy)  # the run as the 2 ranks left it, for the 1-rank resume after the 2-rank one
     out = _torchrun(["resume", str(run_dir), "trainer.steps=3"], tmp_path)  # written at 2 ranks, resumed at 2
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(store)
@@ -152,13 +159,13 @@ def test_resume_at_two_ranks_and_at_one_gives_the_same_run(store, ws_cache, tmp_
     assert run.info.status == "FINISHED"
     two = {k: client.get_metric_history(run.info.run_id, k) for k in SAME_METRICS if k in run.data.metrics}
     weights_two = _weights(run_dir)
-    trainer, history = resume(str(kept), ["trainer.steps=3", "trainer.nproc=1"], progress=False)  # at 1 rank
+    trainer, history = resume(str(copy), ["trainer.steps=3", "trainer.nproc=1"], progress=False)  # at 1 rank
     assert trainer.world.size == 1 and trainer.step == 3
     for key, points in two.items():
         at3 = [m.value for m in points if m.step == 3]
         mine = [h[key] for h in history if h.get("train/step") == 3 and key in h]
         assert at3 and mine and mine[-1] == pytest.approx(at3[-1], rel=1e-4, abs=1e-6), key
-    _assert_same_weights(weights_two, _weights(run_dir))
+    _assert_same_weights(weights_two, _weights(copy))
 
 
 KILLER = textwrap.dedent("""
@@ -219,15 +226,3 @@ def test_torchrun_world_size_is_checked_like_nproc(store, ws_cache, tmp_path, mo
     code = main(["train", f"experiment={EXPERIMENT}", *_over(ws_cache, store, "bad")])
     assert code == 2 and "WORLD_SIZE" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-
-
-def test_the_launcher_runs_the_ranks(store, ws_cache, tmp_path):
-    """`treepo-lab train trainer.nproc=2` (the command users type) starts both ranks itself."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_NUM_THREADS": "1"}
-    over = _over(ws_cache, store, "launched", "trainer.nproc=2", "trainer.steps=1", "trainer.save_every=1")
-    out = subprocess.run([sys.executable, "-m", "treepo_lab.cli", "train", f"experiment={EXPERIMENT}", *over],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = _run(MlflowClient(store), "launched")
-    assert run.info.status == "FINISHED" and run.data.tags["treepo.world_size"] == "2"
-    assert json.loads((tmp_path / "runs" / "launched" / "tracking.json").read_text())["run_id"] == run.info.run_id

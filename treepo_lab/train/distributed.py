@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -96,9 +97,15 @@ def init_world(device: str) -> World:
 
 def close_world(world: World) -> None:
     if world.distributed and torch.distributed.is_initialized():
-        # without the barrier rank 0 can tear the group down while another rank still talks to it
+        # without the barriers a rank can tear its group down (or exit) while another still talks to it,
+        # and gloo aborts that one (exit -6): all reach the end, all destroy, then all may exit
+        store = _store()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        store.add(CLOSED_KEY, 1)
+        deadline = time.monotonic() + 30
+        while store.add(CLOSED_KEY, 0) < world.size and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def abort_world(world: World) -> None:
@@ -181,6 +188,7 @@ def full_weights(model):
 # ---- failures ------------------------------------------------------------------------------------------
 
 ERROR_KEY = "treepo/error"
+CLOSED_KEY = "treepo/closed"
 
 
 class RankFailed(RuntimeError):
