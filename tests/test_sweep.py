@@ -157,6 +157,22 @@ def test_failing_and_pruned_trials(env, capsys):
     assert runs[1].info.status == "FAILED" and "no-such-model" in runs[1].data.tags[mr.ERROR_TAG]
 
 
+def test_trials_of_two_ranks_each(env):
+    """nproc_per_trial: 2: each trial's run is one torchrun group of 2 ranks; one child run each, under the parent."""
+    tmp, over, uri = env
+    spec = write_spec(tmp / "ranks.yaml", "ranks", {**over, "trainer.eval_every": 0},
+                      {"sampler.branch": [1, 2]}, nproc_per_trial=2)
+    summary = run_sweep(str(spec), [], workers=1, tracking_uri=uri)
+    assert summary["status"] == "finished"
+    assert [t.state.name for t in journal_study(tmp, "ranks").trials] == ["COMPLETE", "COMPLETE"]
+    parent, kids = children(MlflowClient(uri), "ranks")
+    assert len(kids) == 2 and {r.data.tags["mlflow.parentRunId"] for r in kids} == {parent.info.run_id}
+    assert all(r.info.status == "FINISHED" and r.data.tags["treepo.world_size"] == "2" for r in kids)
+    values = [t.values[0] for t in journal_study(tmp, "ranks").trials]
+    assert values == [MlflowClient(uri).get_run(r.info.run_id).data.metrics["eval/accuracy"]
+                      for r in sorted(kids, key=lambda r: int(r.data.tags["treepo.trial"]))]
+
+
 def test_first_trials_all_failing_stop_the_sweep(env, capsys):
     tmp, over, uri = env
     spec = write_spec(tmp / "bad.yaml", "bad", over, {"model.path": [str(tmp / f"missing-{i}") for i in range(4)]},

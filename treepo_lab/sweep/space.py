@@ -82,6 +82,8 @@ def trial_config(spec: SweepSpec, point: dict[str, Any], seed: int) -> Experimen
         if key != "experiment":
             OmegaConf.update(cfg, key, spec.param(key).decode(value), merge=True)
     cfg.seed = seed
+    if spec.nproc_per_trial > 1:  # checked like any trainer.nproc (it must split prompts_per_step)
+        cfg.trainer.nproc = spec.nproc_per_trial
     return validate(to_object(cfg))
 
 

@@ -41,7 +41,8 @@ PRUNERS = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.p
            "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
 DIRECTIONS = ("maximize", "minimize")
 TOP_KEYS = ("name", "description", "experiment", "overrides", "search_space", "grid", "objectives", "seeds",
-            "sampler", "pruner", "n_trials", "timeout_s", "failure_limit", "heartbeat_s", "max_retry")
+            "sampler", "pruner", "n_trials", "timeout_s", "failure_limit", "heartbeat_s", "max_retry",
+            "nproc_per_trial")
 
 
 @dataclass
@@ -66,6 +67,9 @@ class SweepSpec:
     failure_limit: int = 3
     heartbeat_s: int = 30  # RDB storages: a trial without a heartbeat for 2x this is failed and retried
     max_retry: int = 3  # reruns of a trial whose worker died
+    # ranks of each trial's training run (trainer.nproc): a worker launches each seed's run as one torchrun
+    # group of this many processes; --workers counts trials, so a machine runs workers x this many processes
+    nproc_per_trial: int = 1
     source: dict[str, Any] = field(default_factory=dict)  # the spec as written (+ command-line changes)
 
     @property
@@ -242,7 +246,7 @@ def parse_spec(raw: dict[str, Any]) -> SweepSpec:
         timeout_s=_number(raw, "timeout_s", None, float, 1, none_ok=True),
         failure_limit=_number(raw, "failure_limit", 3),
         heartbeat_s=_number(raw, "heartbeat_s", 30), max_retry=_number(raw, "max_retry", 3, lo=0),
-        source=raw,
+        nproc_per_trial=_number(raw, "nproc_per_trial", 1), source=raw,
     )
     overridden = {o.split("=", 1)[0].lstrip("+~") for o in spec.overrides}
     both = [p.key for p in params if p.key in overridden]

@@ -8,15 +8,19 @@ A retried trial (its worker died) reuses the seeds its predecessor finished, and
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from treepo_lab.sweep import mlflow_runs as mr
 from treepo_lab.sweep import study as st
@@ -91,6 +95,24 @@ def _failed_run(ctx: TrialContext, trial_number: int, point: dict, seed: int, er
     return run.info.run_id
 
 
+def _run_ranks(ctx: TrialContext, cfg, trial_number: int, seed: int) -> tuple[str, list[dict], float]:
+    """One seed as a torchrun group of spec.nproc_per_trial ranks (sweep/ranks.py); (its run id, its last
+    metric values as a one-entry history, its training wall time), read back from MLflow."""
+    from treepo_lab.train.launch import launch_ranks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+                                   "sweep_id": ctx.spec.name, "trial": trial_number,
+                                   "parent_run_id": ctx.parent_run_id}))
+        launch_ranks(ctx.spec.nproc_per_trial, cfg.model.device, ["-m", "treepo_lab.sweep.ranks", str(job)])
+    run_id = _seed_run(ctx, trial_number, seed, {})
+    if run_id is None:
+        raise TrialFailed(f"the ranks of trial {trial_number} seed {seed} left no MLflow run")
+    metrics = ctx.client.get_run(run_id).data.metrics
+    return run_id, [dict(metrics)], float(metrics.get("time/wall_s", 0.0))
+
+
 def swept_tags(point: dict[str, Any]) -> dict[str, str]:
     return {f"sweep.{k}": override_value(v) for k, v in point.items()}
 
@@ -116,14 +138,18 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             cfg.tracking.experiment_name = spec.name
             cfg.tracking.run_name = run_name(trial.number, point, seed)
             cfg.tracking.tags = {**cfg.tracking.tags, **swept_tags(point), mr.STATE_TAG: "RUNNING", mr.NAME_TAG: spec.name}
-            hook = PruningHook(trial, spec, i, cfg.trainer.steps, runs)
             t0 = time.perf_counter()
-            trainer, history = run_experiment(cfg, sweep_id=spec.name, trial=trial.number,
-                                              parent_run_id=ctx.parent_run_id, progress=False, on_eval=hook)
+            if spec.nproc_per_trial > 1:
+                run_id, history, wall_s = _run_ranks(ctx, cfg, trial.number, seed)
+            else:
+                hook = PruningHook(trial, spec, i, cfg.trainer.steps, runs)
+                trainer, history = run_experiment(cfg, sweep_id=spec.name, trial=trial.number,
+                                                  parent_run_id=ctx.parent_run_id, progress=False, on_eval=hook)
+                run_id, wall_s = trainer.tracker.run_id, trainer.wall_s
             timing["run_s"] += time.perf_counter() - t0
-            timing["train_s"] += trainer.wall_s
+            timing["train_s"] += wall_s
             trial.set_user_attr("timing", timing)
-            runs[str(seed)] = trainer.tracker.run_id
+            runs[str(seed)] = run_id
             trial.set_user_attr(st.RUNS_ATTR, runs)
             values = final_values(spec, history)
             if not all(math.isfinite(v) for v in values):

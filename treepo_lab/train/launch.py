@@ -32,11 +32,16 @@ def launch(cfg, argv: list[str]) -> None:
     """Run `treepo-lab <argv>` as cfg.trainer.nproc ranks on this node."""
     for warning in preflight(cfg).warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    launch_ranks(cfg.trainer.nproc, cfg.model.device, ["-m", "treepo_lab.cli", *argv])
+
+
+def launch_ranks(n: int, device: str, args: list[str]) -> None:
+    """`python <args>` as n ranks of one torchrun group on this node; returns when all exited, raises
+    LaunchFailed when one failed (after the launcher stopped the others)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    n = cfg.trainer.nproc
-    if cfg.model.device.startswith("cuda"):
+    if device.startswith("cuda"):
         import torch
 
         if torch.cuda.device_count() < n:
@@ -47,10 +52,9 @@ def launch(cfg, argv: list[str]) -> None:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
                           monitor_interval=0.5, start_method="spawn")
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))}
-    os.environ.update(env)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     try:
-        elastic_launch(config, sys.executable)("-m", "treepo_lab.cli", *argv)
+        elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as err:
         ranks = ", ".join(str(f.local_rank) for f in err.failures.values())
         raise LaunchFailed(f"rank {ranks} of {n} exited with an error (above); the run is marked FAILED; "
