@@ -63,7 +63,8 @@ def overrides(a: argparse.Namespace, parallel: str) -> list[str]:
         over.append(f"model.path={a.model}")
     else:  # a wider embedded model (a quick warm start: the benchmark measures speed, not accuracy)
         over += [f"warmstart.tiny.hidden_size={a.hidden}", f"warmstart.tiny.num_layers={a.layers}",
-                 f"warmstart.tiny.intermediate_size={3 * a.hidden}", f"warmstart.tiny.num_heads={max(1, a.hidden // 64)}", "warmstart.steps=20", "warmstart.eval_size=0"]
+                 f"warmstart.tiny.intermediate_size={3 * a.hidden}", f"warmstart.tiny.num_heads={max(1, a.hidden // 64)}",
+                 "warmstart.steps=20", "warmstart.eval_size=0"]
     return over + list(a.set)
 
 

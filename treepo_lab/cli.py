@@ -75,9 +75,8 @@ def cmd_show(own, overrides, raw):
 
 
 def cmd_train(own, overrides, raw, default="default"):
-    from treepo_lab.train.run import run_experiment
-
     from treepo_lab.train import launch
+    from treepo_lab.train.run import run_experiment
 
     cfg = _load(own, overrides, default)
     if cfg.trainer.nproc > 1 and not launch.launched():  # this process starts the ranks and waits

@@ -157,14 +157,20 @@ def wrap(model, parallel: str, world: World):
     return model
 
 
+def _is_ddp(model) -> bool:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return isinstance(model, DistributedDataParallel)
+
+
 def unwrap(model):
-    return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model
+    return model.module if _is_ddp(model) else model
 
 
 def grad_sync(model, enabled: bool):
     """A context in which backward reduces gradients across ranks only if `enabled` (the mini-batch's last
     micro-batch): one reduction per optimizer step, not per micro-batch."""
-    if hasattr(model, "no_sync") and hasattr(model, "module"):  # DDP
+    if _is_ddp(model):
         return contextlib.nullcontext() if enabled else model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(enabled)

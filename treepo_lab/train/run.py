@@ -277,5 +277,5 @@ def _finished(cfg: ExperimentConfig, run_id: str | None, store_uri: str | None) 
     try:
         return MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
     except Exception as err:  # noqa: BLE001  (the store moved or is down: say so, touch nothing)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise TrackingError(f"cannot read run {run_id} in {uri} ({first}); add tracking.tracking_uri=<its store>") from None
+        raise TrackingError(f"cannot read run {run_id} in {uri} ({_first_line(err)}); add "
+                            "tracking.tracking_uri=<its store>") from None
