@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from treepo_lab.tags import STRATEGY_TAG
+
 # short codes of the branching policies (`tree_div_policy`)
 DIV_POLICY_CODES = {
     "fixed_avg": "",
@@ -144,7 +146,7 @@ def strategy_tags(cfg: Mapping) -> dict[str, str]:
     # most telling first: the UI cuts the label after about 10 characters
     order = ("branching", "shape", "fallback", "advantage", "budget", "init_div")
     short = " ".join(p for p in [base] + [dims[d][0] for d in order if d in dims] if p) or "treepo"
-    tags = {"treepo.strategy": short}
-    tags.update({f"treepo.strategy.{d}": long for d, (_, long) in dims.items()})
-    tags["treepo.strategy.long"] = "; ".join(f"{d}: {long}" for d, (_, long) in dims.items())
+    tags = {STRATEGY_TAG: short}
+    tags.update({f"{STRATEGY_TAG}.{d}": long for d, (_, long) in dims.items()})
+    tags[f"{STRATEGY_TAG}.long"] = "; ".join(f"{d}: {long}" for d, (_, long) in dims.items())
     return tags
