@@ -193,7 +193,7 @@ DIV_POLICIES.register("node_logprob_weighted_div")(_weighted(_segment_mean, -1.0
 DIV_POLICIES.register("inverse_node_logprob_weighted_div")(_weighted(_segment_mean, +1.0))
 # ours: the true entropy of the next-token distribution measures local uncertainty directly (the
 # abstract's "leverages local uncertainty", which upstream only approximates with sampled log-probs)
-DIV_POLICIES.register("entropy_weighted_div")(_weighted(_segment_entropy, +1.0))
+DIV_POLICIES.register("entropy_weighted_div", needs_entropies=True)(_weighted(_segment_entropy, +1.0))
 
 
 # ---- temperature schedule ------------------------------------------------------------------------------
