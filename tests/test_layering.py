@@ -50,8 +50,11 @@ def test_every_declared_name_resolves_to_its_marked_implementation(registry):
         assert getattr(obj, "_registered_as", None) == (registry.kind, name), name
 
 
+METHODS = [f"treepo_lab.methods.{p.stem}" for p in sorted((PKG / "methods").glob("*.py")) if p.stem != "__init__"]
+
+
 @pytest.mark.parametrize("registry,modules", [
-    (ESTIMATORS, ["treepo_lab.algo.advantage"]),
+    (ESTIMATORS, ["treepo_lab.algo.advantage", *METHODS]),
     (POLICY_LOSSES, ["treepo_lab.algo.loss"]),
     (ENGINES, ["treepo_lab.engines.hf_build", "treepo_lab.engines.vllm_engine"]),
 ], ids=lambda x: getattr(x, "kind", ""))

@@ -168,11 +168,7 @@ def _modified_rewards(paths: list[Path], rs: list[float]) -> list[float]:
     |P| counts the leaves under P, so the leaf's own node (usually a singleton, contributing 0 with
     weight 1) is included as the spec states.
     """
-    under: dict[Path, list[float]] = defaultdict(list)  # prefix -> rewards of the leaves under it
-    for p, r in zip(paths, rs):
-        for k in range(len(p) + 1):
-            under[p[:k]].append(r)
-    size_mean = {prefix: (len(vals), ts.mean(vals)) for prefix, vals in under.items()}
+    size_mean = {prefix: (len(vals), ts.mean(vals)) for prefix, vals in ts.leaves_under(paths, rs).items()}
     out = []
     for p, r in zip(paths, rs):
         groups = [size_mean[p[:k]] for k in range(len(p) + 1)]

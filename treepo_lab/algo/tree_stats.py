@@ -7,6 +7,7 @@ the mean over its children (leaves ending there are virtual children, `End`), bo
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 from treepo_lab.rollout.tree import Tree
@@ -63,3 +64,24 @@ def node_values(kids: dict[Path, list], leaf_values: list[float]) -> dict[Path, 
         vals = [leaf_values[c.i] if isinstance(c, End) else V[c] for c in kids[node]]
         V[node] = mean(vals) if vals else 0.0  # only an empty tree's root has no children
     return V
+
+
+def leaves_under(paths: list[Path], rs: list[float]) -> dict[Path, list[float]]:
+    """prefix (root = ()) -> the rewards of the leaves whose path passes through it."""
+    under: dict[Path, list[float]] = defaultdict(list)
+    for p, r in zip(paths, rs):
+        for k in range(len(p) + 1):
+            under[p[:k]].append(r)
+    return under
+
+
+def leaf_mean_values(paths: list[Path], rs: list[float]) -> dict[Path, float]:
+    """V(node) = the mean reward of the leaves below it: the Monte Carlo value estimate of the state
+    after that segment (V(()) = the prompt's mean), as TreeRL, TreeRPO and SPO-tree define it."""
+    return {prefix: mean(vals) for prefix, vals in leaves_under(paths, rs).items()}
+
+
+def segment_runs(tree: Tree, path: Path, leaf, values: list[float]) -> Runs:
+    """One run per segment of `leaf` (path = its group path): value j covers segment j's tokens."""
+    assert len(values) == len(path)
+    return list(zip(values, tree.segment_lengths(leaf)))

@@ -67,6 +67,7 @@ class RolloutStats:
     finished_at_first_fallback: list[int | None] = field(default_factory=list)  # per prompt
     short_prompts: int = 0  # prompts with fewer than w leaves (no_fallback, or fallback_patience ran out)
     dropped_short: int = 0  # paths dropped by min_len
+    pruned: int = 0  # new branches dropped by a pruning rule (methods/latr.py)
     div_temperature: float = 1.0
     gen_s: float = 0.0  # wall time of the whole rollout
     counters: EngineCounters = field(default_factory=EngineCounters)  # engine work during it
