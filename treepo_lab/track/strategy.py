@@ -26,22 +26,11 @@ from typing import Any
 import treepo_lab.methods  # noqa: F401  (registers the tree methods: their labels)
 from treepo_lab.algo.registries import ESTIMATORS
 from treepo_lab.registry import Registry
+from treepo_lab.rollout.divergence import DIV_POLICIES
+from treepo_lab.rollout.fallback import CUT_POLICIES
 from treepo_lab.rollout.sampler import SAMPLERS
 from treepo_lab.tags import STRATEGY_TAG
 
-# short codes of the branching policies (`tree_div_policy`)
-DIV_POLICY_CODES = {
-    "fixed_avg": "",
-    "logprob_weighted_div": "lp",
-    "inverse_logprob_weighted_div": "ilp",
-    "norm_logprob_weighted_div": "nlp",
-    "norm_inv_logprob_weighted_div": "nilp",
-    "node_logprob_weighted_div": "lowp",  # paper Fig. 8 "Low Prob Encourage"
-    "inverse_node_logprob_weighted_div": "highp",  # "High Prob Encourage"
-    "entropy_weighted_div": "entropy",
-}
-FALLBACK_CUT_CODES = {"random": "", "no_fallback": "nofb", "min_logprob_token": "fb-minlp", "block": "fb-block",
-                      "inverse_block": "fb-invblock", "from_start": "fb-start"}
 TREE_DIMS = ("init_div", "shape", "branching", "budget", "fallback")  # what the tree sampler's label names
 REFERENCE_SHAPE = (8, 16)
 REFERENCE_BRANCH = 2
@@ -88,7 +77,7 @@ def _budget(s: Mapping) -> tuple[str, str]:
 
 def _branching(s: Mapping) -> tuple[str, str]:
     policy = s.get("div_policy", "fixed_avg")
-    code = DIV_POLICY_CODES.get(policy, str(policy)[:6])
+    code = _facts(DIV_POLICIES, policy, {"label": str(policy)[:6]})["label"]  # paper Fig. 8 lowp / highp
     if policy == "fixed_avg":
         return "", "fixed_avg"
     sched = s.get("div_temp_schedule") or {}
@@ -109,7 +98,7 @@ def _shape(s: Mapping) -> tuple[str, str]:
 
 def _fallback(s: Mapping) -> tuple[str, str]:
     cut = s.get("fallback_cut", "random")
-    parts = [FALLBACK_CUT_CODES.get(cut, f"fb-{cut}")]
+    parts = [_facts(CUT_POLICIES, cut, {"label": f"fb-{cut}"})["label"]]
     window = s.get("fallback_window")
     if cut != "no_fallback" and window is not None and window > 0:  # null / <= 0 = l (segment-aligned)
         parts.append(f"fbw{window}")
