@@ -169,8 +169,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("sampler.width", cfg.sampler.width, "an integer >= 2 for training (a group of 1 has no baseline)")
     if cfg.engine.name == "vllm":
         _check_vllm(cfg)
-    if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
-        raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
+    if SAMPLERS.info(cfg.eval.sampler)["tree"] and cfg.eval.k < 2:
+        raise ConfigError("eval.k", cfg.eval.k, f"an integer >= 2 with eval.sampler={cfg.eval.sampler} (the tree's width)")
     return cfg
 
 
