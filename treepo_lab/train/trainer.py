@@ -29,6 +29,7 @@ from treepo_lab.algo.scoring import Scorer
 from treepo_lab.config import ExperimentConfig, to_object, to_yaml, validate, warmstart_config
 from treepo_lab.engines.factory import build_engine
 from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
+from treepo_lab.models.prompting import PromptFormat, use_chat_template
 from treepo_lab.rollout.accounting import CumulativeCompute
 from treepo_lab.rollout.sampler import RolloutResult, build_sampler
 from treepo_lab.rollout.tree import Tree
@@ -85,12 +86,17 @@ class Trainer:
         self.model, self.tokenizer = load_model_and_tokenizer(
             self.model_path, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
         self.task = build_task(cfg.task)
+        # the prompt as the model sees it: as is, or the user turn of the tokenizer's chat template
+        self.prompts = PromptFormat(self.tokenizer, use_chat_template(cfg.task, cfg.model.path, self.tokenizer),
+                                    cfg.task.system_prompt)
         # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself
         self.engine = build_engine(cfg.engine.name, self.model_path if cfg.engine.name == "vllm" else self.model,
                                    self.tokenizer, **vars(cfg.engine))
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
         self.scorer = Scorer(self.task, self.decode, cfg.trainer.reward_timeout_s)
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")
+        if cfg.trainer.gradient_checkpointing:  # active in train mode only: the update, not the sampling
+            self.model.gradient_checkpointing_enable()
         self.packing = resolve_packing(cfg.trainer.packing, self.model)  # tree, or flat with the reason logged
         self.ref_model = None
         if cfg.loss.kl_coef > 0:
@@ -193,7 +199,7 @@ class Trainer:
     def _rollout(self, step: int, round_: int):
         cfg = self.cfg
         rng = np.random.default_rng(derive_seed(cfg.seed, step, _PROBLEMS + round_))
-        problems = self.task.sample(cfg.trainer.prompts_per_step, rng)
+        problems = [self.prompts.problem(p) for p in self.task.sample(cfg.trainer.prompts_per_step, rng)]
         try:
             result = self.sampler.rollout([self.encode(p.prompt) for p in problems], step=step,
                                           total_steps=cfg.trainer.steps,
@@ -225,14 +231,14 @@ class Trainer:
 
     # ---- text <-> tokens ----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
+        return self.prompts.encode(text)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- evaluation, logging, checkpoints ---------------------------------------------------------------
     def evaluate(self) -> tuple[dict, list[dict]]:
-        problems = self.task.held_out()[: self.cfg.eval.n_problems]
+        problems = [self.prompts.problem(p) for p in self.task.held_out()[: self.cfg.eval.n_problems]]
         with eval_progress(len(problems), enabled=self._progress) as bar:
             return evaluate(self.engine, self.tokenizer, self.task, problems, self.cfg.eval, self.cfg.sampler,
                             self.encode, self.decode, seed=derive_seed(self.cfg.seed, self.step, _EVAL),
