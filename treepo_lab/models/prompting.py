@@ -34,6 +34,11 @@ def use_chat_template(task_cfg, model_path: str | None, tokenizer) -> bool:
     return chat
 
 
+def prompt_format(task_cfg, model_path: str | None, tokenizer) -> PromptFormat:
+    """The PromptFormat a task config asks for (`use_chat_template` resolves and checks it)."""
+    return PromptFormat(tokenizer, use_chat_template(task_cfg, model_path, tokenizer), task_cfg.system_prompt)
+
+
 class PromptFormat:
     """render(prompt) -> the text the model sees; encode(that text) -> its token ids."""
 

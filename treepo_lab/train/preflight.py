@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from treepo_lab.config import ExperimentConfig, to_object, validate
 from treepo_lab.models.gguf import converted, is_gguf
-from treepo_lab.models.prompting import PromptFormat, use_chat_template
+from treepo_lab.models.prompting import PromptFormat, prompt_format
 from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.overrides import unknown_fields, unknown_key_error
 from treepo_lab.registry import ConfigError
@@ -63,7 +63,7 @@ def preflight(cfg) -> Preflight:
     check_dtype(cfg)
     task = build_task(cfg.task)
     tokenizer, max_positions = load_tokenizer(cfg)
-    prompts = PromptFormat(tokenizer, use_chat_template(cfg.task, cfg.model.path, tokenizer), cfg.task.system_prompt)
+    prompts = prompt_format(cfg.task, cfg.model.path, tokenizer)
     check_characters(task, tokenizer, cfg.task)
     longest = check_positions(task, prompts, max_positions, cfg)
     cfg.reward.validate(max_response_len=cfg.sampler.max_response_len)

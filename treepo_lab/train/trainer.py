@@ -29,7 +29,7 @@ from treepo_lab.algo.scoring import Scorer
 from treepo_lab.config import ExperimentConfig, to_object, to_yaml, validate, warmstart_config
 from treepo_lab.engines.factory import build_engine
 from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
-from treepo_lab.models.prompting import PromptFormat, use_chat_template
+from treepo_lab.models.prompting import prompt_format
 from treepo_lab.rollout.accounting import CumulativeCompute
 from treepo_lab.rollout.sampler import RolloutResult, build_sampler
 from treepo_lab.rollout.tree import Tree
@@ -87,8 +87,7 @@ class Trainer:
             self.model_path, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
         self.task = build_task(cfg.task)
         # the prompt as the model sees it: as is, or the user turn of the tokenizer's chat template
-        self.prompts = PromptFormat(self.tokenizer, use_chat_template(cfg.task, cfg.model.path, self.tokenizer),
-                                    cfg.task.system_prompt)
+        self.prompts = prompt_format(cfg.task, cfg.model.path, self.tokenizer)
         # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself
         self.engine = build_engine(cfg.engine.name, self.model_path if cfg.engine.name == "vllm" else self.model,
                                    self.tokenizer, **vars(cfg.engine))
