@@ -373,7 +373,10 @@ def main(argv=None) -> dict:
     import rollout_report
     from tqdm import tqdm
 
-    model_dir = resolve_model_arg(args.model) if args.model else (smoke_model_dir() if args.smoke else warm_model_dir(args.wait_warmstart))
+    if args.model:
+        model_dir = resolve_model_arg(args.model)
+    else:
+        model_dir = smoke_model_dir() if args.smoke else warm_model_dir(args.wait_warmstart)
     # checked while this process is idle: its own runs would add ~1 per thread to the load average
     load_before = wait_until_quiet(args.max_load, args.wait_load)
     bench = Bench(args, model_dir)

@@ -119,13 +119,14 @@ def test_two_training_steps_with_the_chat_template_log_to_mlflow(real, tmp_path)
     db = tmp_path / "mlflow.db"
     cfg = load_config("real_small", [
         "trainer.steps=2", "sampler.width=2", "sampler.max_depth=2", "sampler.segment_len=6", "eval.n_problems=2",
-        "trainer.eval_before=false",
+        "trainer.eval_before=false", "trainer.gradient_checkpointing=true",
         "eval.n_samples_logged=2", "tracking.log_trees_every=1", "tracking.system_metrics=false",
         f"tracking.tracking_uri=sqlite:///{db}", f"trainer.output_dir={tmp_path / 'runs'}"])
     try:
         trainer, history = run_experiment(cfg, progress=False)
     finally:
         mlflow.set_tracking_uri(None)
+    assert trainer.model.is_gradient_checkpointing
     # the engine saw the chat template's token ids for the question (after task.template)
     fmt = PromptFormat(tok, chat=True)
     by_text = {fmt.render(p.prompt): p.prompt for p in trainer.task.all_problems()}
