@@ -28,6 +28,7 @@ from treepo_lab.algo.registries import ESTIMATORS, POLICY_LOSSES, needs_tree
 from treepo_lab.engines.config import EngineConfig
 from treepo_lab.engines.factory import ENGINES
 from treepo_lab.models.config import ModelConfig, WarmstartConfig
+from treepo_lab.models.gguf import PACKAGE, PACKAGED_FILE, packaged_model
 from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout import config as sampler_config
@@ -71,6 +72,18 @@ def experiments_dir() -> Path:
         return Path(env).resolve()
     here = Path(__file__).resolve().parent.parent / "experiments"
     return here if here.is_dir() else (Path.cwd() / "experiments").resolve()
+
+
+def packaged_model_path() -> str:
+    """The GGUF file of the installed model package (`${packaged_model:}` in an experiment file); when it is
+    not installed, the path it would have (the config still composes; the preflight refuses it)."""
+    path = packaged_model()
+    return str(path) if path is not None else f"{PACKAGE}/{PACKAGED_FILE}"
+
+
+# experiment files may name files beside them and the packaged real model; resolved when the config is built
+OmegaConf.register_new_resolver("experiments_dir", lambda: str(experiments_dir()), replace=True)
+OmegaConf.register_new_resolver("packaged_model", packaged_model_path, replace=True)
 
 
 def list_experiments() -> dict[str, str]:
