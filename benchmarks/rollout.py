@@ -167,7 +167,7 @@ def load_prompts(args, tokenizer) -> list[str]:
     if args.prompts_file:
         lines = [x for x in Path(args.prompts_file).read_text().splitlines() if x.strip()]
         texts = [x.replace("\\n", "\n") for x in lines]
-    elif args.model:  # a real model: the shipped word problems, as experiments/real_small.yaml asks them
+    elif getattr(args, "model", None):  # a real model: the shipped word problems, as experiments/real_small.yaml asks them
         from treepo_lab.config import load_config
         from treepo_lab.tasks.build import build_task
 
