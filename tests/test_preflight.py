@@ -198,3 +198,48 @@ def test_cli_refuses_bad_values_before_any_run(tmp_path, capsys, overrides, expe
     rc, err = _train(tmp_path, capsys, *overrides)
     assert rc == 2 and len(err) == 2 and expected in err[0], err
     assert "+sampler" not in err[0]  # never the advice to add the misspelt key
+
+
+# ---- real models: GGUF files, chat templates, bfloat16 -------------------------------------------------
+
+def _gguf_without_tensors(path, arch):
+    gguf = pytest.importorskip("gguf", reason="the [real] extra (gguf) is not installed")
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("text.gguf", "this is not a GGUF file"),
+    ("no_tensors.gguf", "without tensors (not a model)"),
+    ("unknown_arch.gguf", "a GGUF 'nonesuch' model; transformers loads llama"),
+])
+def test_cli_refuses_gguf_files_that_are_not_models(tmp_path, capsys, monkeypatch, case, expected):
+    monkeypatch.setenv("TREEPO_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / case
+    if case == "text.gguf":
+        path.write_text("not a model\n")
+    else:
+        _gguf_without_tensors(path, "llama" if case == "no_tensors.gguf" else "nonesuch")
+    rc, err = _train(tmp_path, capsys, f"model.path={path}")
+    assert rc == 2 and len(err) == 2 and f"model.path='{path}' is not allowed: a GGUF model file" in err[0], err
+    assert expected in err[0], err
+    assert not list((tmp_path / "cache").glob("gguf/*/*")), "a conversion was written"
+
+
+def test_cli_refuses_a_chat_template_the_tokenizer_lacks(tmp_path, capsys):
+    rc, err = _train(tmp_path, capsys, "task.chat_template=true")
+    assert rc == 2 and "task.chat_template=True is not allowed: false or null: the tokenizer of the embedded " \
+                      "model has no chat template" in err[0], err
+
+
+def test_cli_refuses_bfloat16_on_a_cpu_without_it(tmp_path, capsys, monkeypatch):
+    from treepo_lab.models import load
+
+    # the one way to be on such a CPU here: the hardware probe answers no
+    monkeypatch.setattr(load, "cpu_has_bf16", lambda: False)
+    rc, err = _train(tmp_path, capsys, "model.dtype=bfloat16", "model.device=cpu")
+    assert rc == 2 and "model.dtype='bfloat16' is not allowed: float32" in err[0] and "no native bfloat16" in err[0], err

@@ -142,6 +142,7 @@ def test_report_of_two_strategies(store, cmp_report):
     assert sorted(r[0] for r in summary) == ["grpo", "treepo_fixed_init"] and all(r[1] == "2" for r in summary)
     base = next(r for r in summary if r[0] == "grpo")
     assert "baseline" in base[-1]  # the sequential group is the default baseline
+    assert all(r[4] != "n/a" for r in summary) and "tokens % [95% CI]" in md  # accuracy at matched tokens
     runs = _table(md, "Runs")
     assert sorted(r[4] for r in runs) == sorted(store["ids"]["cmp"])
     assert all(r[3] == "FINISHED" for r in runs)

@@ -260,6 +260,19 @@ def test_sigterm_marks_killed(store):
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_reports_select_a_sweep_by_the_tag_its_runs_carry(store):
+    """The sweep tag the tracker writes is the one the reports select by: a sweep run filed under another
+    experiment name is still found by `--sweep` (the two modules once used different strings)."""
+    from treepo_lab.analysis.selection import select_runs
+    from treepo_lab.tags import SWEEP_TAG
+
+    with start(store, "base_exp", sweep_id="tagged_sweep", trial=0, experiment_name="elsewhere") as run:
+        pass
+    assert get_run(store, run.run_id).data.tags[SWEEP_TAG] == "tagged_sweep"
+    found = select_runs(MlflowClient(store), sweep="tagged_sweep")
+    assert [r.info.run_id for r in found.runs] == [run.run_id]
+
+
 def test_nested_trials_and_resume(store):
     with (start(store, "sweep-parent", cfg={"sweep": "div"}, sweep_id="div_sweep") as parent,
           start(store, "base_exp", sweep_id="div_sweep", trial=4, parent_run_id=parent.run_id) as child):

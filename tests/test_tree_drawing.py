@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from treepo_lab.analysis.tree_drawing import reward_colour, tree_svg
+from treepo_lab.track.tree_drawing import reward_colour, tree_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -137,6 +137,7 @@ def _engine_for(cfg, model_dir):
 
 
 def cmd_eval(own, overrides, raw):
+    from treepo_lab.models.prompting import prompt_format
     from treepo_lab.tasks.build import build_task
     from treepo_lab.train.evaluate import evaluate
     from treepo_lab.train.progress import eval_progress
@@ -145,10 +146,11 @@ def cmd_eval(own, overrides, raw):
     model_dir = _model_dir(own, cfg)
     engine, tok = _engine_for(cfg, model_dir)
     task = build_task(cfg.task)
-    problems = task.held_out()[: cfg.eval.n_problems]
+    fmt = prompt_format(cfg.task, cfg.model.path, tok)  # the prompts as training shows them to the model
+    problems = [fmt.problem(p) for p in task.held_out()[: cfg.eval.n_problems]]
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
     with eval_progress(len(problems)) as bar:
-        metrics, records = evaluate(engine, tok, task, problems, cfg.eval, cfg.sampler, lambda s: tok(s)["input_ids"],
+        metrics, records = evaluate(engine, tok, task, problems, cfg.eval, cfg.sampler, fmt.encode,
                                     decode, seed=cfg.seed, progress=bar.update,
                                     reward_timeout_s=cfg.trainer.reward_timeout_s)
     print_eval(model_dir, metrics, records)
@@ -159,6 +161,7 @@ def cmd_rollout(own, overrides, raw):
 
     from treepo_lab.algo.reward import score_leaves
     from treepo_lab.algo.scoring import Scorer
+    from treepo_lab.models.prompting import prompt_format
     from treepo_lab.rollout.sampler import build_sampler
     from treepo_lab.rollout.tree import trees_to_json
     from treepo_lab.tasks.build import build_task
@@ -175,11 +178,12 @@ def cmd_rollout(own, overrides, raw):
     model_dir = _model_dir(own, cfg)
     engine, tok = _engine_for(cfg, model_dir)
     task = build_task(cfg.task)
-    problems = task.sample(n, np.random.default_rng(cfg.seed))
+    fmt = prompt_format(cfg.task, cfg.model.path, tok)  # the prompts as training shows them to the model
+    problems = [fmt.problem(p) for p in task.sample(n, np.random.default_rng(cfg.seed))]
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
     sampler = build_sampler(cfg.sampler, engine, decode, tok.eos_token_id)
     with setup_step(f"sampling {n} trees"):
-        result = sampler.rollout([tok(p.prompt)["input_ids"] for p in problems], seed=cfg.seed)
+        result = sampler.rollout([fmt.encode(p.prompt) for p in problems], seed=cfg.seed)
     with Scorer(task, decode, cfg.trainer.reward_timeout_s) as scorer:  # the reward training would give
         score_leaves(result.trees, problems, scorer, cfg.reward, cfg.sampler.max_response_len)
     for tree in result.trees:

@@ -7,7 +7,8 @@ experiment with command-line overrides and validates everything before any compu
 Layering: each `*/config.py` holds data and value checks only. This module is the one place where the
 names a config chooses are checked against their registries (`check_names`), and where the rules
 that span sections live. Nothing imported here imports torch: the registries of torch code
-(estimators, losses, engines) are declared by import path (treepo_lab/registry.py).
+(estimators, losses, engines) are declared by import path (treepo_lab/registry.py). The tree methods
+of treepo_lab/methods/ register themselves on import, with the facts the cross-section rules read.
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+import treepo_lab.methods  # noqa: F401  (registers the tree methods beside TreePO)
 from treepo_lab.algo.config import AdvantageConfig, LossConfig, RewardConfig
 from treepo_lab.algo.registries import ESTIMATORS, POLICY_LOSSES, needs_tree
 from treepo_lab.engines.config import EngineConfig
 from treepo_lab.engines.factory import ENGINES
 from treepo_lab.models.config import ModelConfig, WarmstartConfig
+from treepo_lab.models.gguf import PACKAGE, PACKAGED_FILE, packaged_model
 from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout import config as sampler_config
@@ -69,6 +72,18 @@ def experiments_dir() -> Path:
         return Path(env).resolve()
     here = Path(__file__).resolve().parent.parent / "experiments"
     return here if here.is_dir() else (Path.cwd() / "experiments").resolve()
+
+
+def packaged_model_path() -> str:
+    """The GGUF file of the installed model package (`${packaged_model:}` in an experiment file); when it is
+    not installed, the path it would have (the config still composes; the preflight refuses it)."""
+    path = packaged_model()
+    return str(path) if path is not None else f"{PACKAGE}/{PACKAGED_FILE}"
+
+
+# experiment files may name files beside them and the packaged real model; resolved when the config is built
+OmegaConf.register_new_resolver("experiments_dir", lambda: str(experiments_dir()), replace=True)
+OmegaConf.register_new_resolver("packaged_model", packaged_model_path, replace=True)
 
 
 def list_experiments() -> dict[str, str]:
@@ -133,6 +148,22 @@ def check_names(cfg: ExperimentConfig) -> None:
     check_task_names(cfg.warmstart.task, "warmstart.task")
 
 
+def check_entries(cfg: ExperimentConfig) -> None:
+    """What the chosen registered entries say about each other and their knobs: a tree estimator needs
+    a sampler whose trees carry subgroup structure; each entry's `params` are its registered knobs."""
+    s, a = cfg.sampler, cfg.advantage
+    sampler = SAMPLERS.info(s.kind, "sampler.kind")
+    knobs = SAMPLERS.knobs(s.kind, s.params, "sampler.params")
+    ESTIMATORS.knobs(a.estimator, a.params, "advantage.params")
+    if "check" in sampler:  # a rule of the sampler's own across its knobs and the shared fields
+        sampler["check"](s, knobs)
+    if needs_tree(a.estimator) and not sampler["tree"]:
+        plain = ", ".join(n for n in ESTIMATORS.names() if not needs_tree(n))
+        trees = ", ".join(n for n in SAMPLERS.names() if SAMPLERS.info(n)["tree"])
+        raise ConfigError("advantage.estimator", a.estimator, f"an estimator without tree structure ({plain}) "
+                          f"when sampler.kind={s.kind!r}; or set sampler.kind to a tree sampler ({trees})")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check every section, every name and the cross-field rules; raise ConfigError on the first bad
     value. Returns the config with the sampler's shape resolved (max_depth, segment_len filled in)."""
@@ -146,17 +177,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         section.validate()
     cfg.reward.validate(cfg.sampler.max_response_len)
     check_names(cfg)
-    if needs_tree(cfg.advantage.estimator) and cfg.sampler.kind != "tree":
-        plain = ", ".join(n for n in ESTIMATORS.names() if not needs_tree(n))
-        raise ConfigError("advantage.estimator", cfg.advantage.estimator,
-                          f"an estimator without tree structure ({plain}) "
-                          f"when sampler.kind={cfg.sampler.kind!r}; or set sampler.kind=tree")
+    check_entries(cfg)
     if cfg.sampler.width < 2:
         raise ConfigError("sampler.width", cfg.sampler.width, "an integer >= 2 for training (a group of 1 has no baseline)")
     if cfg.engine.name == "vllm":
         _check_vllm(cfg)
-    if cfg.eval.sampler == "tree" and cfg.eval.k < 2:
-        raise ConfigError("eval.k", cfg.eval.k, "an integer >= 2 with eval.sampler=tree (the tree's width)")
+    if SAMPLERS.info(cfg.eval.sampler)["tree"] and cfg.eval.k < 2:
+        raise ConfigError("eval.k", cfg.eval.k, f"an integer >= 2 with eval.sampler={cfg.eval.sampler} (the tree's width)")
     return cfg
 
 
@@ -174,9 +201,11 @@ def _check_vllm(cfg: ExperimentConfig) -> None:
         if tiny.hidden_size // tiny.num_heads < 32:
             raise ConfigError("warmstart.tiny.num_heads", tiny.num_heads,
                               f"at most hidden_size/32={tiny.hidden_size // 32}: vLLM's CPU attention needs head_dim >= 32")
-    if cfg.sampler.div_policy == "entropy_weighted_div" and cfg.engine.n_logprobs != -1:
-        raise ConfigError("engine.n_logprobs", cfg.engine.n_logprobs,
-                          "-1 with sampler.div_policy=entropy_weighted_div on vLLM (exact entropies need the full distribution)")
+    for key, name, registry in (("sampler.div_policy", cfg.sampler.div_policy, DIV_POLICIES),
+                                ("sampler.kind", cfg.sampler.kind, SAMPLERS)):
+        if registry.info(name).get("needs_entropies") and cfg.engine.n_logprobs != -1:
+            raise ConfigError("engine.n_logprobs", cfg.engine.n_logprobs,
+                              f"-1 with {key}={name} on vLLM (exact entropies need the full distribution)")
 
 
 def warmstart_config(cfg: ExperimentConfig) -> WarmstartConfig:

@@ -14,11 +14,17 @@ Two ways into a registry:
   without importing either. The implementing module marks each object with `@REG.implements(name)`,
   which fails at import time if the name is not declared or its declaration points elsewhere, so a
   declaration and its implementation cannot drift apart (tests/test_layering.py resolves every name).
+
+An entry carries its own facts in `info`, so no other module lists names: `label` (its short code in
+the `treepo.strategy` tag), `needs_tree` / `tree` / `needs_entropies` (what the config check enforces
+across sections) and `knobs` (name -> `Knob`: the values a config's `params` dict may set for it,
+checked in `knobs()`, swept like any key, named in the strategy label when not at their default).
 """
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -30,6 +36,25 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting of a registered entry, set in the config's `params` dict (e.g. `sampler.params.forks`)."""
+
+    default: Any
+    allowed: str  # what the error message says is allowed, e.g. "an integer >= 1"
+    ok: Callable[[Any], bool]  # True if the value is allowed
+    code: str = ""  # its prefix in the strategy label when not at the default ("N" -> "N4"); "": never shown
+
+
+def int_at_least(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def number_in(lo: float, hi: float) -> Callable[[Any], bool]:
+    """lo < v <= hi."""
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo < v <= hi
 
 
 class Registry(Generic[T]):
@@ -45,6 +70,10 @@ class Registry(Generic[T]):
             if name in self:
                 raise KeyError(f"{self.kind} {name!r} registered twice")
             self._items[name], self._info[name] = obj, dict(info)
+            try:  # so tests/test_layering.py can check registered and declared entries alike
+                obj._registered_as = (self.kind, name)
+            except AttributeError:  # an object that takes no attributes (a builtin)
+                pass
             return obj
 
         return deco
@@ -66,7 +95,10 @@ class Registry(Generic[T]):
                 raise KeyError(f"{self.kind} {name!r} is implemented in {here} but not declared")
             if target != here:
                 raise KeyError(f"{self.kind} {name!r} is declared as {target} but implemented in {here}")
-            obj._registered_as = (self.kind, name)
+            try:  # so tests/test_layering.py can check registered and declared entries alike
+                obj._registered_as = (self.kind, name)
+            except AttributeError:  # an object that takes no attributes (a builtin)
+                pass
             return obj
 
         return deco
@@ -86,6 +118,18 @@ class Registry(Generic[T]):
     def info(self, name: str, key: str | None = None) -> dict[str, Any]:
         """The torch-free facts given at registration (never imports the implementation)."""
         return self._info[self.check(name, key)]
+
+    def knobs(self, name: str, params: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
+        """`params` checked against the knobs `name` was registered with, defaults filled in; `key` is
+        the config key of the dict (e.g. "advantage.params"). ConfigError on an unknown knob or value."""
+        declared: dict[str, Knob] = self.info(name).get("knobs", {})
+        for k, v in (params or {}).items():
+            if k not in declared:
+                allowed = f"one of {', '.join(declared)}" if declared else "nothing (it has no knobs)"
+                raise ConfigError(f"{key}.{k}", v, f"a knob of {self.kind} {name}: {allowed}")
+            if not declared[k].ok(v):
+                raise ConfigError(f"{key}.{k}", v, f"{declared[k].allowed} ({self.kind} {name})")
+        return {k: (params or {}).get(k, knob.default) for k, knob in declared.items()}
 
     def get(self, name: str, key: str | None = None) -> T:
         """The implementation of `name` (importing it on first use for a declared name)."""

@@ -13,6 +13,7 @@ follow verl's core_algos (the code is authoritative where the paper is vague, §
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ import torch
 
 from treepo_lab.algo.config import AdvantageConfig
 from treepo_lab.algo.registries import ESTIMATORS
+from treepo_lab.algo import tree_stats as ts
+from treepo_lab.algo.tree_stats import Path, Runs
 from treepo_lab.rollout.tree import Tree
 
-Runs = list[tuple[float, int]]  # (advantage value, number of tokens it covers), in response order
-Path = tuple[int, ...]
 
 
 @dataclass
@@ -40,6 +41,7 @@ class AdvantageResult:
 def compute_advantages(trees: list[Tree], rewards: list[list[float]], cfg: AdvantageConfig) -> AdvantageResult:
     if len(rewards) != len(trees) or any(len(r) != len(t.leaves) for r, t in zip(rewards, trees)):
         raise ValueError("rewards must be a list per tree with one reward per leaf (aligned with tree.leaves)")
+    cfg = dataclasses.replace(cfg, params=ESTIMATORS.knobs(cfg.estimator, cfg.params, "advantage.params"))
     runs, raw = ESTIMATORS.get(cfg.estimator, "advantage.estimator")(trees, rewards, cfg)
     if ESTIMATORS.info(cfg.estimator)["whiten"] if cfg.whiten is None else cfg.whiten:
         runs = whiten_runs(runs)
@@ -83,24 +85,6 @@ def _expand(runs: list[list[Runs]]) -> list[list[torch.Tensor]]:
     return [[next(pieces) for _ in per_tree] for per_tree in runs]
 
 
-def _outcome_runs(trees: list[Tree], values: list[list[float]]) -> list[list[Runs]]:
-    """One run per leaf: the scalar broadcast over the whole response."""
-    return [[[(v, sum(t.segment_lengths(lf)))] for v, lf in zip(vals, t.leaves)] for t, vals in zip(trees, values)]
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def _std_unbiased(xs: list[float]) -> float:
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _paths(tree: Tree) -> list[Path]:
-    return [tuple(tree.group_path(lf)) for lf in tree.leaves]
-
-
 # ---- outcome estimators (prompt-level groups) -----------------------------------------------------
 @ESTIMATORS.implements("grpo")
 def grpo(trees, rewards, cfg):
@@ -110,9 +94,9 @@ def grpo(trees, rewards, cfg):
     """
     raw = []
     for rs in rewards:
-        mean, std = (_mean(rs), _std_unbiased(rs)) if len(rs) > 1 else (0.0, 1.0)
+        mean, std = (ts.mean(rs), ts.std_unbiased(rs)) if len(rs) > 1 else (0.0, 1.0)
         raw.append([(r - mean) / (std + 1e-6) if cfg.norm_by_std else r - mean for r in rs])
-    return _outcome_runs(trees, raw), raw
+    return ts.outcome_runs(trees, raw), raw
 
 
 @ESTIMATORS.implements("rloo")
@@ -122,14 +106,14 @@ def rloo(trees, rewards, cfg):
     for rs in rewards:
         n, s = len(rs), sum(rs)
         raw.append([r - (s - r) / (n - 1) if n > 1 else r for r in rs])
-    return _outcome_runs(trees, raw), raw
+    return ts.outcome_runs(trees, raw), raw
 
 
 @ESTIMATORS.implements("reinforce_pp_baseline")
 def reinforce_pp_baseline(trees, rewards, cfg):
     """R - prompt mean (singleton: mean 0), then global token whitening. raw = R - mean."""
-    raw = [[r - (_mean(rs) if len(rs) > 1 else 0.0) for r in rs] for rs in rewards]
-    return _outcome_runs(trees, raw), raw
+    raw = [[r - (ts.mean(rs) if len(rs) > 1 else 0.0) for r in rs] for rs in rewards]
+    return ts.outcome_runs(trees, raw), raw
 
 
 # ---- treepo: nested subgroup baselines (§2.3) ------------------------------------------------------
@@ -144,7 +128,7 @@ def treepo(trees, rewards, cfg):
     drop_root; deeper singleton groups are skipped; remove_zero_std_subgroups skips deeper groups
     whose rewards are all equal. A leaf with no used level gets 0. raw = A_i before whitening.
     """
-    paths_all = [_paths(t) for t in trees]
+    paths_all = [ts.paths(t) for t in trees]
     dmax = max((len(p) for ps in paths_all for p in ps), default=0)
     if cfg.max_subgroup_depth > 0:
         dmax = min(dmax, cfg.max_subgroup_depth)
@@ -162,65 +146,29 @@ def treepo(trees, rewards, cfg):
                 vals = [rs[i] for i in members]
                 if depth > 0 and (len(members) == 1 or (cfg.remove_zero_std_subgroups and min(vals) == max(vals))):
                     continue
-                mean = _mean(vals) if len(members) > 1 else 0.0
+                mean = ts.mean(vals) if len(members) > 1 else 0.0
                 for i in members:
                     terms[i].append((rs[i] - mean, len(members)))
         raw.append([_aggregate(ts, cfg.aggregation) for ts in terms])
-    return _outcome_runs(trees, raw), raw
+    return ts.outcome_runs(trees, raw), raw
 
 
 def _aggregate(terms: list[tuple[float, int]], how: str) -> float:
     if not terms:
         return 0.0
     if how == "average":
-        return _mean([a for a, _ in terms])
+        return ts.mean([a for a, _ in terms])
     return sum(a * n for a, n in terms) / sum(n for _, n in terms)  # group_size
 
 
 # ---- segment-level tree estimators (§2.4) ---------------------------------------------------------
-@dataclass(frozen=True)
-class _End:
-    """Leaf `i` as a virtual child of the node it ends at.
-
-    So a node's value is always the mean of its children, even when a leaf ends at a node that
-    other leaves continue through (possible with group ids reused after a misaligned fallback).
-    """
-
-    i: int
-
-
-def _children(paths: list[Path]) -> dict[Path, list]:
-    """prefix -> its children: child prefixes (first-seen order) and an `_End` per leaf ending there."""
-    kids: dict[Path, list] = {(): []}
-    for i, p in enumerate(paths):
-        for k in range(1, len(p) + 1):
-            if p[:k] not in kids:
-                kids[p[:k]] = []
-                kids[p[: k - 1]].append(p[:k])
-        kids[p].append(_End(i))
-    return kids
-
-
-def _node_values(kids: dict[Path, list], leaf_values: list[float]) -> dict[Path, float]:
-    """V bottom-up: a node's value is the mean of its children's values (a leaf: its own value)."""
-    V: dict[Path, float] = {}
-    for node in sorted(kids, key=len, reverse=True):
-        vals = [leaf_values[c.i] if isinstance(c, _End) else V[c] for c in kids[node]]
-        V[node] = _mean(vals) if vals else 0.0  # only an empty tree's root has no children
-    return V
-
-
 def _modified_rewards(paths: list[Path], rs: list[float]) -> list[float]:
     """R'_i = sum over prefixes P of i (root .. own path) of |P| (R_i - mean_P) / sum |P|.
 
     |P| counts the leaves under P, so the leaf's own node (usually a singleton, contributing 0 with
     weight 1) is included as the spec states.
     """
-    under: dict[Path, list[float]] = defaultdict(list)  # prefix -> rewards of the leaves under it
-    for p, r in zip(paths, rs):
-        for k in range(len(p) + 1):
-            under[p[:k]].append(r)
-    size_mean = {prefix: (len(vals), _mean(vals)) for prefix, vals in under.items()}
+    size_mean = {prefix: (len(vals), ts.mean(vals)) for prefix, vals in ts.leaves_under(paths, rs).items()}
     out = []
     for p, r in zip(paths, rs):
         groups = [size_mean[p[:k]] for k in range(len(p) + 1)]
@@ -238,9 +186,9 @@ def tree_segment(trees, rewards, cfg):
     """
     runs, raw = [], []
     for t, rs in zip(trees, rewards):
-        paths = _paths(t)
+        paths = ts.paths(t)
         mod = _modified_rewards(paths, rs)
-        V = _node_values(_children(paths), mod)
+        V = ts.node_values(ts.children(paths), mod)
         V[()] = 0.0
         per_tree = []
         for p, lf in zip(paths, t.leaves):
@@ -264,18 +212,18 @@ def spo(trees, rewards, cfg):
     """
     runs, raw = [], []
     for t, rs in zip(trees, rewards):
-        paths = _paths(t)
-        kids = _children(paths)
-        V = _node_values(kids, rs)
+        paths = ts.paths(t)
+        kids = ts.children(paths)
+        V = ts.node_values(kids, rs)
         z: dict[Path, float] = {(): 0.0}
         for node in sorted(kids, key=len):  # parents before children
-            children = [c for c in kids[node] if not isinstance(c, _End)]
+            children = [c for c in kids[node] if not isinstance(c, ts.End)]
             if len(kids[node]) < 2:
                 z.update({c: z[node] for c in children})
                 continue
-            vals = [rs[c.i] if isinstance(c, _End) else V[c] for c in kids[node]]
-            m = _mean(vals)
-            sd = math.sqrt(_mean([(v - m) ** 2 for v in vals]))
+            vals = [rs[c.i] if isinstance(c, ts.End) else V[c] for c in kids[node]]
+            m = ts.mean(vals)
+            sd = math.sqrt(ts.mean([(v - m) ** 2 for v in vals]))
             z.update({c: (V[c] - m) / sd if sd > 1e-6 else 0.0 for c in children})
         per_tree, raw_t = [], []
         for p, lf in zip(paths, t.leaves):

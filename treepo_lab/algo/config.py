@@ -8,7 +8,8 @@ one sweep can vary them freely.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from treepo_lab.registry import ConfigError
 
@@ -21,8 +22,12 @@ REWARD_SCALES = ("pm1", "01")
 @dataclass
 class AdvantageConfig:
     # grpo | rloo | reinforce_pp_baseline | treepo | tree_segment | spo (`algorithm.adv_estimator`;
-    # treepo = tree_reinforce_plus_plus_baseline, tree_segment = tree_segment_reinforce_plus_plus_baseline)
+    # treepo = tree_reinforce_plus_plus_baseline, tree_segment = tree_segment_reinforce_plus_plus_baseline);
+    # the other tree methods (treerl, treerpo, spo_tree, ...) are registered in treepo_lab/methods/
     estimator: str = "treepo"
+    # the knobs of the chosen estimator, as registered with it (checked in treepo_lab/config.py), e.g.
+    # {sqrt_leaves: false} for treerl; an estimator without knobs takes none
+    params: dict[str, Any] = field(default_factory=dict)
     # grpo only: divide by the group std (`algorithm.norm_adv_by_std_in_grpo`); false = Dr.GRPO
     norm_by_std: bool = True
     # treepo only: how the per-level advantages are combined (`adv_estimator_param.adv_weight_strategy`):

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from treepo_lab.registry import Registry
 
-# name -> fn(trees, rewards, cfg) -> (runs[t][i], raw[t][i]); info: whiten = default of
-# AdvantageConfig.whiten, needs_tree = reads the tree structure (degenerates on sequential rollouts)
+# name -> fn(trees, rewards, cfg) -> (runs[t][i], raw[t][i]) with cfg.params = its knobs, defaults filled in.
+# info: whiten = default of AdvantageConfig.whiten; needs_tree = reads the tree structure (degenerates on
+# sequential rollouts); label = its code in the strategy tag; knobs = name -> Knob (advantage.params).
+# More estimators register themselves in treepo_lab/methods/ (one file each, torch-free).
 ESTIMATORS: Registry = Registry("advantage estimator")
 _ADV = "treepo_lab.algo.advantage"
-ESTIMATORS.declare("grpo", f"{_ADV}:grpo", whiten=False, needs_tree=False)
-ESTIMATORS.declare("rloo", f"{_ADV}:rloo", whiten=False, needs_tree=False)
-ESTIMATORS.declare("reinforce_pp_baseline", f"{_ADV}:reinforce_pp_baseline", whiten=True, needs_tree=False)
-ESTIMATORS.declare("treepo", f"{_ADV}:treepo", whiten=True, needs_tree=True)
-ESTIMATORS.declare("tree_segment", f"{_ADV}:tree_segment", whiten=True, needs_tree=True)
-ESTIMATORS.declare("spo", f"{_ADV}:spo", whiten=False, needs_tree=True)
+ESTIMATORS.declare("grpo", f"{_ADV}:grpo", whiten=False, needs_tree=False, label="grpo")
+ESTIMATORS.declare("rloo", f"{_ADV}:rloo", whiten=False, needs_tree=False, label="rloo")
+ESTIMATORS.declare("reinforce_pp_baseline", f"{_ADV}:reinforce_pp_baseline", whiten=True, needs_tree=False,
+                   label="reinforce_pp_baseline")
+ESTIMATORS.declare("treepo", f"{_ADV}:treepo", whiten=True, needs_tree=True, label="treepo")
+ESTIMATORS.declare("tree_segment", f"{_ADV}:tree_segment", whiten=True, needs_tree=True, label="treeseg")
+ESTIMATORS.declare("spo", f"{_ADV}:spo", whiten=False, needs_tree=True, label="spo")
 
 # name -> loss(logp, old_logp, advantages, mask, cfg, ref_logp=None, entropy=None, max_response_len=None)
 #   -> (loss, stats)

@@ -1,18 +1,18 @@
-"""Reading runs back and drawing them: figures, tables and tree drawings (`tree_drawing`).
+"""Reading runs back and drawing them: figures, tables and reports (tree drawings: track/tree_drawing.py).
 
     from treepo_lab.analysis import load, build_report      # or from .runset / .report
     data = load(experiment="example")                       # MLflow runs -> tidy pandas frames (cached per run)
     res = build_report(sweep="demo")                        # reports/demo/report.md + report.html + figures/
 
 Modules: runset (loading), selection, groups, series, stats, style, plots_curves, plots_rollout, tables, trees,
-optuna_view, page, report, recipes, commands, tree_drawing.
+optuna_view, page, report, recipes, commands.
 """
 from __future__ import annotations
 
 import importlib
 
-# Resolved on first use (PEP 562), not at import: the tracker imports `tree_drawing` at every run start,
-# and that must not pull in pandas, matplotlib and Optuna.
+# Resolved on first use (PEP 562), not at import: `treepo-lab sweep` imports this package lazily to
+# build a report, and the import of the package alone must not pull in pandas, matplotlib and Optuna.
 _LAZY = {"load": "runset", "export": "runset", "RunSet": "runset", "build_report": "report", "ReportResult": "report"}
 __all__ = sorted(_LAZY)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from treepo_lab.analysis.runset import RunSet
+from treepo_lab.tags import ERROR_TAG, EXPERIMENT_TAG, SEED_TAG, STRATEGY_TAG, TRIAL_STATE_TAG, TRIAL_TAG
 
 LEFT_OUT = ("FAILED", "KILLED")
 IN_PROGRESS = ("RUNNING", "SCHEDULED")
@@ -54,12 +55,12 @@ def default_keys(data: RunSet) -> list[str]:
     """A sweep compares its trials; otherwise the strategy tag, unless it merges registry experiments
     (older runs share one strategy tag across experiments), then the registry experiment."""
     runs = data.runs
-    if data.kind == "sweep" and column(runs, "tags.treepo.trial"):
-        return ["treepo.trial"]
-    strat, exp = column(runs, "tags.treepo.strategy"), column(runs, "tags.treepo.experiment")
+    if data.kind == "sweep" and column(runs, "tags." + TRIAL_TAG):
+        return [TRIAL_TAG]
+    strat, exp = column(runs, "tags." + STRATEGY_TAG), column(runs, "tags." + EXPERIMENT_TAG)
     if strat and exp and (runs.groupby(strat)[exp].nunique() > 1).any():
-        return ["treepo.experiment"]
-    return ["treepo.strategy"] if strat else ["treepo.experiment"] if exp else ["run_name"]
+        return [EXPERIMENT_TAG]
+    return [STRATEGY_TAG] if strat else [EXPERIMENT_TAG] if exp else ["run_name"]
 
 
 def _value(row: pd.Series, col: str | None) -> str:
@@ -70,7 +71,7 @@ def _value(row: pd.Series, col: str | None) -> str:
 
 
 def _label(runs: pd.DataFrame, keys: list[str], cols: list[str | None], values: tuple) -> str:
-    if keys == ["treepo.trial"]:  # a sweep trial reads best as its run name without the seed
+    if keys == [TRIAL_TAG]:  # a sweep trial reads best as its run name without the seed
         name = str(runs["run_name"].iloc[0])
         stripped = SEED_SUFFIX.sub("", name)
         return stripped if stripped != name else f"t{values[0]}"
@@ -90,15 +91,15 @@ def group_runs(data: RunSet, keys: list[str] | None = None) -> Grouping:
         if c is None:
             notes.append(f"group-by key {k!r} is neither a tag nor a param of these runs: all runs share '(none)'")
     # a pruned trial ends KILLED in MLflow but its curve is data: kept, marked pruned
-    state = runs["tags.treepo.trial_state"] if "tags.treepo.trial_state" in runs.columns else pd.Series("", index=runs.index)
+    state = runs["tags." + TRIAL_STATE_TAG] if "tags." + TRIAL_STATE_TAG in runs.columns else pd.Series("", index=runs.index)
     bad = runs["status"].isin(LEFT_OUT) & (state != "PRUNED")
-    err = runs["tags.treepo.error"] if "tags.treepo.error" in runs.columns else pd.Series("", index=runs.index)
+    err = runs["tags." + ERROR_TAG] if "tags." + ERROR_TAG in runs.columns else pd.Series("", index=runs.index)
     left_out = pd.DataFrame({"run_id": runs.loc[bad, "run_id"], "run_name": runs.loc[bad, "run_name"],
                              "status": runs.loc[bad, "status"], "error": err[bad].fillna("")}).reset_index(drop=True)
     kept = runs[~bad]
     values = kept.apply(lambda r: tuple(_value(r, c) for c in cols), axis=1) if not kept.empty else pd.Series([], dtype=object)
-    exp_col, seed_col = column(runs, "tags.treepo.experiment"), column(runs, "tags.treepo.seed") or column(runs, "params.seed")
-    state_col, kind_col = column(runs, "tags.treepo.trial_state"), column(runs, "params.sampler.kind")
+    exp_col, seed_col = column(runs, "tags." + EXPERIMENT_TAG), column(runs, "tags." + SEED_TAG) or column(runs, "params.seed")
+    state_col, kind_col = column(runs, "tags." + TRIAL_STATE_TAG), column(runs, "params.sampler.kind")
     groups = []
     for vals, idx in kept.groupby(values, sort=False).groups.items():
         g = kept.loc[idx]

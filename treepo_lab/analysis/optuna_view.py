@@ -12,8 +12,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from treepo_lab.analysis.style import PALETTE, figure, save
+from treepo_lab.tags import STORAGE_TAG, STUDY_TAG
 
-STORAGE_TAG, STUDY_TAG = "treepo.optuna_storage", "treepo.study"
 
 
 def open_study(parent: Run | None) -> tuple[optuna.Study | None, str]:

@@ -25,6 +25,7 @@ from treepo_lab.analysis.series import Series
 from treepo_lab.analysis.style import StrategyStyles, figure, save
 from treepo_lab.analysis.tables import Table
 from treepo_lab.registry import ConfigError
+from treepo_lab.tags import EXPERIMENT_TAG, SEED_TAG
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ def gather(needs: list[Need], selection: dict, name: str) -> RunSet:
 def group_needs(data: RunSet, needs: list[Need]) -> tuple[Grouping, list[Need]]:
     """(groups, needs without a usable run)."""
     runs = data.runs
-    exp_col = column(runs, "tags.treepo.experiment") if not runs.empty else None
-    seed_col = column(runs, "tags.treepo.seed") if not runs.empty else None
+    exp_col = column(runs, "tags." + EXPERIMENT_TAG) if not runs.empty else None
+    seed_col = column(runs, "tags." + SEED_TAG) if not runs.empty else None
     styles_used = [n.style or n.experiment for n in needs]
     groups, missing, notes = [], [], []
     for n, style in zip(needs, styles_used):

@@ -21,8 +21,9 @@ from treepo_lab.analysis.runset import RunSet, default_cache_dir, load
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.series import ACCURACY, DECODED, WALL, Series
 from treepo_lab.analysis.style import StrategyStyles
-from treepo_lab.analysis.tree_drawing import tree_svg
+from treepo_lab.track.tree_drawing import tree_svg
 from treepo_lab.registry import ConfigError
+from treepo_lab.tags import SEED_TAG
 
 # metrics a section needs: a run without one is listed under "missing metrics"
 EXPECTED = (ACCURACY, DECODED, WALL, plots_rollout.SAVING, plots_rollout.SAVING_SEQ, plots_rollout.TRAJ_PS,
@@ -77,7 +78,7 @@ def missing_metrics(data: RunSet, series: Series, grouping: Grouping) -> list[st
 def _runs_table(data: RunSet, grouping: Grouping) -> tables.Table:
     label = {r: g.label for g in grouping.groups for r in g.run_ids}
     running = {r for g in grouping.groups for r in g.running}
-    seed_col = next((c for c in ("tags.treepo.seed", "params.seed") if c in data.runs.columns), None)
+    seed_col = next((c for c in ("tags." + SEED_TAG, "params.seed") if c in data.runs.columns), None)
     rows = []
     for _, r in data.runs.iterrows():
         rid = r["run_id"]

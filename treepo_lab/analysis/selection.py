@@ -13,11 +13,10 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from treepo_lab.registry import ConfigError
+from treepo_lab.tags import LEGACY_SWEEP_TAG, PARENT_RUN_TAG as PARENT_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG
+from treepo_lab.tags import SWEEP_ROLE_TAG as ROLE_TAG
 
-SWEEP_TAG = "treepo.sweep"  # on the parent and the children of a sweep (issue 10); older runs: treepo.sweep_id
-SWEEP_TAGS = (SWEEP_TAG, "treepo.sweep_id")
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "treepo.sweep_role"  # "parent" on a sweep's parent run
+SWEEP_TAGS = (SWEEP_TAG, LEGACY_SWEEP_TAG)  # runs of older sweeps carry both
 PAGE = 1000
 
 
@@ -57,7 +56,7 @@ def split_parents(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     for r in runs:
         tags = r.data.tags
         is_parent = r.info.run_id in parent_ids or tags.get(ROLE_TAG) == "parent" or (
-            any(t in tags for t in SWEEP_TAGS) and "treepo.trial" not in tags and "treepo.seed" not in tags)
+            any(t in tags for t in SWEEP_TAGS) and TRIAL_TAG not in tags and SEED_TAG not in tags)
         (parents if is_parent else children).append(r)
     return parents, children
 
@@ -110,7 +109,7 @@ def _select_sweep(client: MlflowClient, sweep: str) -> Selected:
             runs += _search(client, ids, f"tags.`{tag}` = '{sweep}'") if ids else []
         runs = list({r.info.run_id: r for r in runs}.values())
     if not runs:
-        raise ConfigError("--sweep", sweep, "a sweep name (its MLflow experiment, or the tag treepo.sweep of its runs); "
+        raise ConfigError("--sweep", sweep, f"a sweep name (its MLflow experiment, or the tag {SWEEP_TAG} of its runs); "
                                             f"experiments: {_experiment_names(client)}")
     parents, children = split_parents(runs)
     # the newest parent is the study this report belongs to (a rerun of the same sweep adds one)

@@ -27,6 +27,7 @@ STRATEGY_ORDER = (
     "seg_16x8", "seg_8x16", "seg_4x32", "seg_2x64",
     "low_prob_encourage", "high_prob_encourage", "naive2low_schedule",
     "fallback_misaligned", "no_fallback", "entropy_branching", "default", "demo",
+    "treerl", "treerpo", "spo_tree", "latr",  # the other tree methods (treepo_lab/methods/, sweeps/methods.yaml)
 )
 _STYLES = list(itertools.product(range(len(PALETTE)), range(len(MARKERS))))
 # walk the (colour, marker) grid diagonally so neighbours in the order differ in both

@@ -65,8 +65,23 @@ def _runs_cell(g: Group) -> str:
     return f"{g.n}" + (f" ({', '.join(extra)})" if extra else "")
 
 
+def matched_tokens(series: Series, grouping: Grouping) -> float:
+    """The largest rollout-token budget that every run reached: where all groups compare at equal compute."""
+    ends = [x.max() for g in grouping.groups for x, _ in (series.paired(r, ACCURACY, TOKENS) for r in g.run_ids) if len(x)]
+    return min(ends) if ends else float("nan")
+
+
+def _at_tokens(series: Series, g: Group, budget: float) -> list[float]:
+    """Each run's held-out accuracy interpolated at `budget` rollout tokens (NaN outside what it covered)."""
+    out = []
+    for x, y in (series.paired(r, ACCURACY, TOKENS) for r in g.run_ids):
+        out.append(float(np.interp(budget, x, y)) if len(x) and x.min() <= budget <= x.max() else float("nan"))
+    return out
+
+
 def summary(series: Series, grouping: Grouping, baseline: Group | None, objective: str = ACCURACY) -> Table:
     rows = []
+    budget = matched_tokens(series, grouping)
     finals = {g.label: per_run(series, g, objective, "last") for g in grouping.groups}
     ivs = {k: stats.mean_interval(v) for k, v in finals.items()}
     base_iv = ivs.get(baseline.label) if baseline is not None else None
@@ -88,11 +103,14 @@ def summary(series: Series, grouping: Grouping, baseline: Group | None, objectiv
             note.append("one seed")
         if g.running:
             note.append("in progress*")
-        rows.append([g.label, _runs_cell(g), final.fmt(), best.fmt(), fmt_num(tokens), fmt_num(wall), diff or "",
+        matched = stats.mean_interval(_at_tokens(series, g, budget)).fmt() if np.isfinite(budget) else "n/a"
+        rows.append([g.label, _runs_cell(g), final.fmt(), best.fmt(), matched, fmt_num(tokens), fmt_num(wall), diff or "",
                      p_imp, "; ".join(note)])
-    cols = ["group", "seeds", "final acc. % [95% CI]", "best acc. % [95% CI]", "rollout tokens", "wall s",
+    cols = ["group", "seeds", "final acc. % [95% CI]", "best acc. % [95% CI]",
+            f"acc. at {fmt_num(budget)} tokens % [95% CI]", "rollout tokens", "wall s",
             f"\u0394 vs {baseline.label if baseline else 'baseline'} (pp) [95% CI]", "P(improve)", "note"]
-    return Table(cols, rows, f"Sorted by final {objective}; intervals are percentile bootstraps over seeds.")
+    return Table(cols, rows, f"Sorted by final {objective}; intervals are percentile bootstraps over seeds; matched "
+                             "tokens: the largest rollout-token budget every run reached, accuracy interpolated there.")
 
 
 def default_levels(series: Series, grouping: Grouping, key: str = ACCURACY) -> list[float]:

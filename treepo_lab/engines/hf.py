@@ -89,6 +89,45 @@ class _Live:
     last: int  # the pending token (= that context's last token)
 
 
+@dataclass
+class _Batch:
+    """The rows of one generate call (see the module doc for cache, mask, last, pos)."""
+
+    g: int  # slots per row: 1 = one row per child; > 1 = sibling groups
+    cache: object = None
+    mask: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+    pos: torch.Tensor | None = None
+    row2req: torch.Tensor | None = None  # the request of each live child
+    flat: torch.Tensor | None = None  # g > 1: each live child's place, row * g + slot
+    width: int = 0  # columns of the shared context (the decoded columns follow)
+    bias: torch.Tensor | None = None  # the additive attention mask of the call, where the attention takes one
+    ones: torch.Tensor | None = None
+
+
+@dataclass
+class _Outputs:
+    """Per request: the tokens, log-probs and entropies decoded so far, how many, and whether it hit EOS."""
+
+    tok: torch.Tensor
+    lp: torch.Tensor
+    ent: torch.Tensor
+    n: torch.Tensor
+    ended: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_req: int, max_tokens: int, dev) -> _Outputs:
+        return cls(torch.zeros((n_req, max_tokens), dtype=torch.long, device=dev),
+                   torch.zeros((n_req, max_tokens), device=dev), torch.zeros((n_req, max_tokens), device=dev),
+                   torch.zeros(n_req, dtype=torch.long, device=dev), torch.zeros(n_req, dtype=torch.bool, device=dev))
+
+    def segments(self) -> tuple[list[SegmentOut], list[list[int]], list[int]]:
+        toks, lps, ents = self.tok.tolist(), self.lp.tolist(), self.ent.tolist()
+        lens, eos = self.n.tolist(), self.ended.tolist()
+        outs = [SegmentOut(toks[q][: lens[q]], lps[q][: lens[q]], ents[q][: lens[q]], eos[q]) for q in range(len(lens))]
+        return outs, toks, lens
+
+
 class HFEngine:
     """Engine protocol over any transformers causal LM with full attention (see module doc)."""
 
@@ -234,12 +273,36 @@ class HFEngine:
         return cache, mask.to(self.device), last, n.to(self.device)
 
     def _generate(self, requests, max_tokens, sampling, seed) -> list[SegmentOut]:
-        dev = self.device
-        # Sibling groups: the requests continuing one live path, or starting from one fresh context,
-        # share a cache row that holds their common context once; each child appends its own
-        # columns (slot j of g takes column width + step * g + j) and a mask keeps siblings apart.
-        # So a fork copies nothing and the shared context is read once per step for the whole
-        # group; at the end each surviving child gets its own row back (kv.materialize).
+        """One call, in named steps: group the requests, gather their rows (forked or prefilled), place
+        the children, decode up to max_tokens steps (finished children leave at once), keep the survivors."""
+        parents, contexts, group, slot, g = self._sibling_groups(requests, max_tokens)
+        b = self._gather_rows(parents, contexts, g, max_tokens)
+        self._place_children(b, group, slot, len(requests), max_tokens)
+        out = _Outputs.empty(len(requests), max_tokens, self.device)
+        lean = self._lean_for_call(b, max_tokens)
+        # each request's own stream (SegmentRequest.seed): its draws do not depend on its neighbours
+        keys = torch.tensor([r.seed if r.seed is not None else stream_key(seed, r.path_id) for r in requests],
+                            dtype=torch.long, device=self.device)
+        for step in range(max_tokens):
+            tok = self._decode_step(b, step, lean, sampling, keys, out)
+            done = tok == self.eos_token_id
+            if bool(done.any()):  # the one host sync per step: compact only when a child finished
+                out.ended[b.row2req[done]] = True
+                if bool(done.all()):
+                    b.row2req = b.row2req[:0]
+                    break
+                self._drop_finished(b, ~done, step, max_tokens)
+        self.counters.decoded_tokens += int(out.n.sum())
+        outs, toks, lens = out.segments()
+        if len(b.row2req):  # survivors (all ran max_tokens steps) become the live paths of the next call
+            self._keep_survivors(b, requests, toks, lens, max_tokens)
+        return outs
+
+    def _sibling_groups(self, requests, max_tokens):
+        """The live parents (in row order) and fresh contexts of the call; each request's group (its
+        parent's or its context's index, parents first), its slot among the group's children, and g: the
+        slots per group row, 1 for no grouping."""
+        # sibling groups (module doc): a fork copies nothing, the shared context is read once per step
         parents = sorted({r.parent_id for r in requests if r.parent_id is not None}, key=lambda p: self._paths[p].row)
         contexts = list(dict.fromkeys(tuple(r.context) for r in requests if r.parent_id is None))
         index = {("live", p): i for i, p in enumerate(parents)}
@@ -258,107 +321,112 @@ class HFEngine:
         shared = max(len(r.context) for r in requests) - 1  # the widest context in the cache
         if self._mask_dtype is None or (g - 1) * max_tokens > shared:
             g = 1  # one row per child (the attention takes no custom mask, or grouping would not pay)
-        cache = mask = last = pos = None
+        return parents, contexts, group, slot, g
+
+    def _gather_rows(self, parents: list[int], contexts: list[tuple], g: int, max_tokens: int) -> _Batch:
+        """One row per group: live parents' rows forked out of the previous state (which is consumed:
+        every path not continued is released), then fresh contexts prefilled (identical ones once)."""
+        dev = self.device
+        b = _Batch(g=g)
         if parents:
             rows = torch.tensor([self._paths[p].row for p in parents], device=dev)
             kv.reserve(self._cache, g * max_tokens)
-            cache = kv.fork_cache(self._cache, rows)  # distinct rows, ascending: moved in place
-            mask, last, pos = self._mask[rows], self._last[rows], self._pos[rows]
+            b.cache = kv.fork_cache(self._cache, rows)  # distinct rows, ascending: moved in place
+            b.mask, b.last, b.pos = self._mask[rows], self._last[rows], self._pos[rows]
         self._drop_state()  # consumed: every path not continued above is released here
         if contexts:  # identical contexts (a prompt's first paths, repeated fallback cuts) are prefilled once
             pcache, pmask, plast, ppos = self._prefill([list(c) for c in contexts], g * max_tokens)
             self.counters.prefill_tokens += sum(len(c) for c in contexts)
-            cache, mask = kv.merge(cache, mask, pcache, pmask, g * max_tokens)
-            last = plast if last is None else torch.cat([last, plast])
-            pos = ppos if pos is None else torch.cat([pos, ppos])
-        if g == 1:  # rows are children: each group's own row (a group of several is forked: copies)
+            b.cache, b.mask = kv.merge(b.cache, b.mask, pcache, pmask, g * max_tokens)
+            b.last = plast if b.last is None else torch.cat([b.last, plast])
+            b.pos = ppos if b.pos is None else torch.cat([b.pos, ppos])
+        return b
+
+    def _place_children(self, b: _Batch, group: list[int], slot: list[int], n_req: int, max_tokens: int) -> None:
+        """g == 1: each child gets its group's row (copied for a group of several); g > 1: each child
+        takes its slot of its group's row. Then the shared width and the attention bias of the call."""
+        dev = self.device
+        if b.g == 1:  # rows are children: each group's own row (a group of several is forked: copies)
             order = kv.fork_order(group)
             rows = torch.tensor([group[j] for j in order], device=dev)
-            cache = kv.fork_cache(cache, rows)  # rows that stay put are not copied
-            mask, last, pos = mask[rows], last[rows], pos[rows]
-            row2req, flat = torch.tensor(order, device=dev), None
+            b.cache = kv.fork_cache(b.cache, rows)  # rows that stay put are not copied
+            b.mask, b.last, b.pos = b.mask[rows], b.last[rows], b.pos[rows]
+            b.row2req, b.flat = torch.tensor(order, device=dev), None
         else:  # children in request order, each at its slot of its group's row
             group_t = torch.tensor(group, device=dev)
-            flat = group_t * g + torch.tensor(slot, device=dev)
-            last, pos = last[group_t], pos[group_t]
-            row2req = torch.arange(len(requests), device=dev)
-        mask = kv.trim(cache, mask)
-        kv.reserve(cache, g * max_tokens)
-        width = mask.shape[1]
-        bias = None if self._mask_dtype is None else self._sibling_bias(mask, g, max_tokens)
+            b.flat = group_t * b.g + torch.tensor(slot, device=dev)
+            b.last, b.pos = b.last[group_t], b.pos[group_t]
+            b.row2req = torch.arange(n_req, device=dev)
+        b.mask = kv.trim(b.cache, b.mask)
+        kv.reserve(b.cache, b.g * max_tokens)
+        b.width = b.mask.shape[1]
+        b.bias = None if self._mask_dtype is None else self._sibling_bias(b.mask, b.g, max_tokens)
+        b.ones = torch.ones((len(b.mask), max_tokens), dtype=b.mask.dtype, device=dev)
 
-        n_req = len(requests)
-        out_tok = torch.zeros((n_req, max_tokens), dtype=torch.long, device=dev)
-        out_lp = torch.zeros((n_req, max_tokens), device=dev)
-        out_ent = torch.zeros((n_req, max_tokens), device=dev)
-        n_out = torch.zeros(n_req, dtype=torch.long, device=dev)
-        ended = torch.zeros(n_req, dtype=torch.bool, device=dev)
-        keys = torch.tensor([r.seed if r.seed is not None else stream_key(seed, r.path_id) for r in requests],
-                            dtype=torch.long, device=dev)
-        ones = torch.ones((len(mask), max_tokens), dtype=mask.dtype, device=dev)
+    def _lean_for_call(self, b: _Batch, max_tokens: int):
+        """The lean step, prepared for this call's weights and positions; None where the model forward runs."""
         # checked per call: hooks added since (a probe, an adapter) must run, so the model forward does
         lean = self._lean
         if lean is not None and has_forward_hooks(self.model):
             lean = None
             _log_once(HOOKED)
         if lean is not None:
-            lean.prepare(int(pos.max()) + max_tokens)  # this call's weights and positions
+            lean.prepare(int(b.pos.max()) + max_tokens)
+        return lean
 
-        for step in range(max_tokens):
-            if bias is None:  # a 2-D padding mask for attentions that build their own
-                step_mask = torch.cat([mask, ones[: len(mask), : step + 1]], dim=1)
-            else:
-                step_mask = bias[:, :, : width + g * (step + 1)]
-            logp = sampling_logprobs(self._decode(last, pos, cache, step_mask, flat, g, lean), sampling)
-            probs = logp.exp()  # shared by sampling and the entropy (= entropy_of(logp), one exp less)
-            tok = _sample(probs, uniforms(keys[row2req], step))
-            out_tok[row2req, step] = tok
-            out_lp[row2req, step] = logp.gather(1, tok[:, None]).squeeze(1)
-            out_ent[row2req, step] = torch.special.entr(probs).sum(dim=-1)
-            n_out[row2req] = step + 1
-            last, pos = tok, pos + 1
-            done = tok == self.eos_token_id
-            if bool(done.any()):  # the one host sync per step: compact only when a child finished
-                ended[row2req[done]] = True
-                if bool(done.all()):
-                    row2req = row2req[:0]
-                    break
-                alive = ~done
-                if g == 1:  # rows are children: drop the finished rows
-                    keep = kv.compaction_order(alive)
-                    last, pos, row2req = last[keep], pos[keep], row2req[keep]
-                else:  # children leave; a group row goes once all its children have
-                    last, pos, row2req, flat = last[alive], pos[alive], row2req[alive], flat[alive]
-                    live = torch.zeros(len(mask), dtype=torch.bool, device=dev)
-                    live[flat // g] = True
-                    keep = kv.compaction_order(live)
-                    renumber = torch.empty(len(mask), dtype=torch.long, device=dev)
-                    renumber[keep] = torch.arange(len(keep), device=dev)
-                    flat = renumber[flat // g] * g + flat % g
-                if len(keep) < len(mask):
-                    kv.reserve(cache, g * (max_tokens - step - 1))
-                    cache.batch_select_indices(keep)
-                    mask = mask[keep]
-                    if bias is not None:
-                        bias = bias[keep]
-                trimmed = kv.trim(cache, mask)
-                if bias is not None:
-                    bias = bias[:, :, mask.shape[1] - trimmed.shape[1]:]
-                width -= mask.shape[1] - trimmed.shape[1]
-                mask = trimmed
+    def _decode_step(self, b: _Batch, step: int, lean, sampling: SamplingParams, keys: torch.Tensor,
+                     out: _Outputs) -> torch.Tensor:
+        """Sample one token per live child; record token, log-prob and entropy; advance last and pos."""
+        if b.bias is None:  # a 2-D padding mask for attentions that build their own
+            step_mask = torch.cat([b.mask, b.ones[: len(b.mask), : step + 1]], dim=1)
+        else:
+            step_mask = b.bias[:, :, : b.width + b.g * (step + 1)]
+        logp = sampling_logprobs(self._decode(b.last, b.pos, b.cache, step_mask, b.flat, b.g, lean), sampling)
+        probs = logp.exp()  # shared by sampling and the entropy (= entropy_of(logp), one exp less)
+        tok = _sample(probs, uniforms(keys[b.row2req], step))
+        out.tok[b.row2req, step] = tok
+        out.lp[b.row2req, step] = logp.gather(1, tok[:, None]).squeeze(1)
+        out.ent[b.row2req, step] = torch.special.entr(probs).sum(dim=-1)
+        out.n[b.row2req] = step + 1
+        b.last, b.pos = tok, b.pos + 1
+        return tok
 
-        self.counters.decoded_tokens += int(n_out.sum())
-        toks, lps, ents = out_tok.tolist(), out_lp.tolist(), out_ent.tolist()
-        lens, eos = n_out.tolist(), ended.tolist()
-        outs = [SegmentOut(toks[q][: lens[q]], lps[q][: lens[q]], ents[q][: lens[q]], eos[q]) for q in range(n_req)]
-        if len(row2req):  # survivors (all ran max_tokens steps) become the live paths of the next call
-            if g == 1:
-                mask = torch.cat([mask, ones[: len(mask)]], dim=1)
-            else:
-                cache, mask, order = kv.materialize(cache, mask, flat, g, max_tokens)
-                last, pos, row2req = last[order], pos[order], row2req[order]
-            self._cache, self._mask, self._last, self._pos = cache, mask, last, pos
-            for row, q in enumerate(row2req.tolist()):
-                r = requests[q]
-                self._paths[r.path_id] = _Live(row, len(r.context) + lens[q], toks[q][lens[q] - 1])
-        return outs
+    def _drop_finished(self, b: _Batch, alive: torch.Tensor, step: int, max_tokens: int) -> None:
+        """Finished children leave the batch; a row goes once none of its children is alive."""
+        dev = self.device
+        g = b.g
+        if g == 1:  # rows are children: drop the finished rows
+            keep = kv.compaction_order(alive)
+            b.last, b.pos, b.row2req = b.last[keep], b.pos[keep], b.row2req[keep]
+        else:  # children leave; a group row goes once all its children have
+            b.last, b.pos, b.row2req, b.flat = b.last[alive], b.pos[alive], b.row2req[alive], b.flat[alive]
+            live = torch.zeros(len(b.mask), dtype=torch.bool, device=dev)
+            live[b.flat // g] = True
+            keep = kv.compaction_order(live)
+            renumber = torch.empty(len(b.mask), dtype=torch.long, device=dev)
+            renumber[keep] = torch.arange(len(keep), device=dev)
+            b.flat = renumber[b.flat // g] * g + b.flat % g
+        if len(keep) < len(b.mask):
+            kv.reserve(b.cache, g * (max_tokens - step - 1))
+            b.cache.batch_select_indices(keep)
+            b.mask = b.mask[keep]
+            if b.bias is not None:
+                b.bias = b.bias[keep]
+        trimmed = kv.trim(b.cache, b.mask)
+        if b.bias is not None:
+            b.bias = b.bias[:, :, b.mask.shape[1] - trimmed.shape[1]:]
+        b.width -= b.mask.shape[1] - trimmed.shape[1]
+        b.mask = trimmed
+
+    def _keep_survivors(self, b: _Batch, requests, toks, lens, max_tokens: int) -> None:
+        """The children that ran all max_tokens steps become the live paths of the next call, one row each."""
+        if b.g == 1:
+            mask = torch.cat([b.mask, b.ones[: len(b.mask)]], dim=1)
+            cache, last, pos, row2req = b.cache, b.last, b.pos, b.row2req
+        else:
+            cache, mask, order = kv.materialize(b.cache, b.mask, b.flat, b.g, max_tokens)
+            last, pos, row2req = b.last[order], b.pos[order], b.row2req[order]
+        self._cache, self._mask, self._last, self._pos = cache, mask, last, pos
+        for row, q in enumerate(row2req.tolist()):
+            r = requests[q]
+            self._paths[r.path_id] = _Live(row, len(r.context) + lens[q], toks[q][lens[q] - 1])

@@ -88,7 +88,8 @@ def pad_right(prompts: Sequence, responses: Sequence, pad_token_id: int, device=
 def token_logprobs(model, batch: Padded, sampling: SamplingParams, with_entropy: bool = False):
     """log pi(x_{t+1} | x_<=t) under `sampling` at every position [B, L-1], and (optionally) the entropy
     of each processed next-token distribution. Gradients flow when the caller allows them."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    # no KV cache: nothing decodes after this forward (and gradient checkpointing refuses one)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
     logp_all = sampling_logprobs(logits, sampling)
     logp = logp_all.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
     return logp, entropy_of(logp_all) if with_entropy else None

@@ -93,7 +93,9 @@ class WarmstartConfig:
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # HF causal-LM dir or hub id; null = the embedded warm-started tiny model
+    # HF causal-LM dir, hub id, or a .gguf file (converted once into an HF dir, cached by the file's hash);
+    # null = the embedded warm-started tiny model
+    path: str | None = None
     trust_remote_code: bool = False
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (the checkpoint's own)
     # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps: the one device setting of the policy;
@@ -102,7 +104,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
-            raise ConfigError("model.path", self.path, "null (embedded tiny model) or a model dir / hub id")
+            raise ConfigError("model.path", self.path, "null (embedded tiny model), a model dir / hub id or a .gguf file")
         if self.dtype not in DTYPES:
             raise ConfigError("model.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         d = self.device

@@ -15,6 +15,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_bf16() -> bool:
+    """oneDNN's bf16 kernels run on this CPU (AVX512 or AMX); elsewhere every bf16 op is emulated."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_problem(device: torch.device) -> str | None:
+    """Why bfloat16 would not run well on `device` (None: it does): emulated, it is slower than float32."""
+    if device.type != "cpu" or cpu_has_bf16():
+        return None
+    return "float32 (or float16 on a GPU): this CPU has no native bfloat16 (no AVX512/AMX bf16 for oneDNN)"
+
+
 def load_model_and_tokenizer(path_or_hub_id: str | Path, dtype: str = "float32", device: str = "auto",
                              trust_remote_code: bool = False):
     """(model in eval mode on `device`, tokenizer) through the Auto classes only."""
@@ -33,11 +45,13 @@ def load_model_and_tokenizer(path_or_hub_id: str | Path, dtype: str = "float32",
 
 
 def resolve_model(cfg: ModelConfig, warmstart_cfg: WarmstartConfig | None = None) -> str:
-    """The model to load: `cfg.path`, or the embedded checkpoint dir for `warmstart_cfg` (default
-    settings when None), warm-started now if it is not cached."""
+    """The model to load: `cfg.path` (a .gguf file: its converted HF directory, models/gguf.py), or the
+    embedded checkpoint dir for `warmstart_cfg` (default settings when None), warm-started now if not cached."""
     cfg.validate()
     if cfg.path is not None:
-        return cfg.path
+        from treepo_lab.models.gguf import converted, is_gguf
+
+        return str(converted(cfg.path)) if is_gguf(cfg.path) else cfg.path
     from treepo_lab.models.warmstart import warmstart
 
     return str(warmstart(warmstart_cfg or WarmstartConfig()))

@@ -48,7 +48,7 @@ def merge_stats(stats: list) -> object:
     first = stats[0]
     lists = ("requests_per_step", "children_per_active_path", "fallback_requests", "fallback_rounds",
              "finished_at_first_fallback")
-    sums = ("n_prompts", "steps", "short_prompts", "dropped_short", "gen_s")
+    sums = ("n_prompts", "steps", "short_prompts", "dropped_short", "pruned", "gen_s")
     counters = first.counters.snapshot()
     for s in stats[1:]:
         for k, v in vars(s.counters).items():
@@ -91,6 +91,7 @@ def rollout_metrics(trees: list[Tree], stats) -> dict[str, float]:
         "rollout/overhead_s": max(gen_s - c.forward_s, 0.0),
         "rollout/overhead_share": _ratio(max(gen_s - c.forward_s, 0.0), gen_s),
         "rollout/dropped_short": stats.dropped_short,
+        "rollout/pruned": stats.pruned,
         "rollout/short_prompts": stats.short_prompts,
         "rollout/div_temperature": stats.div_temperature,
         "timing_s/gen": gen_s,

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from treepo_lab.registry import ConfigError
 
@@ -70,7 +71,10 @@ def _default_stop_rules() -> list[str]:
 
 @dataclass
 class SamplerConfig:
-    kind: str = "tree"  # registered sampler: tree | sequential (GRPO vs GRPO-with-tree-sampling)
+    kind: str = "tree"  # registered sampler: tree | sequential (GRPO vs GRPO-with-tree-sampling) | eptree | latr
+    # the knobs of the chosen sampler, as registered with it (checked in treepo_lab/config.py), e.g.
+    # {forks: 2, rounds: 1, branches: 2} for eptree; tree and sequential take none
+    params: dict[str, Any] = field(default_factory=dict)
     width: int = 16  # w: leaves per prompt (`tree_max_width`)
     shape: str | None = None  # "DxL", e.g. "8x16": max_depth=D and segment_len=L together; null: the keys
     max_depth: int | None = None  # d: max segments per trajectory (`tree_max_depth`); null: shape's D, else 8

@@ -146,7 +146,7 @@ def softmax_shifted(scores, sign: float, temperature: float) -> np.ndarray:
 DIV_POLICIES: Registry = Registry("divergence policy")
 
 
-@DIV_POLICIES.register("fixed_avg")
+@DIV_POLICIES.register("fixed_avg", label="")
 def fixed_avg(paths: list[ActivePath], total: int, temperature: float) -> list[int]:
     """Even split: total // k each, the last path also takes the remainder, at least 1 each."""
     k = len(paths)
@@ -185,15 +185,15 @@ def _segment_entropy(p: ActivePath) -> float:
 
 
 # sign -1: lower probability -> more branches ("low prob encourage"); +1: higher probability -> more
-DIV_POLICIES.register("logprob_weighted_div")(_weighted(_cumulative, -1.0))
-DIV_POLICIES.register("inverse_logprob_weighted_div")(_weighted(_cumulative, +1.0))
-DIV_POLICIES.register("norm_logprob_weighted_div")(_weighted(_response_mean, -1.0))
-DIV_POLICIES.register("norm_inv_logprob_weighted_div")(_weighted(_response_mean, +1.0))
-DIV_POLICIES.register("node_logprob_weighted_div")(_weighted(_segment_mean, -1.0))
-DIV_POLICIES.register("inverse_node_logprob_weighted_div")(_weighted(_segment_mean, +1.0))
+DIV_POLICIES.register("logprob_weighted_div", label="lp")(_weighted(_cumulative, -1.0))
+DIV_POLICIES.register("inverse_logprob_weighted_div", label="ilp")(_weighted(_cumulative, +1.0))
+DIV_POLICIES.register("norm_logprob_weighted_div", label="nlp")(_weighted(_response_mean, -1.0))
+DIV_POLICIES.register("norm_inv_logprob_weighted_div", label="nilp")(_weighted(_response_mean, +1.0))
+DIV_POLICIES.register("node_logprob_weighted_div", label="lowp")(_weighted(_segment_mean, -1.0))
+DIV_POLICIES.register("inverse_node_logprob_weighted_div", label="highp")(_weighted(_segment_mean, +1.0))
 # ours: the true entropy of the next-token distribution measures local uncertainty directly (the
 # abstract's "leverages local uncertainty", which upstream only approximates with sampled log-probs)
-DIV_POLICIES.register("entropy_weighted_div")(_weighted(_segment_entropy, +1.0))
+DIV_POLICIES.register("entropy_weighted_div", label="entropy", needs_entropies=True)(_weighted(_segment_entropy, +1.0))
 
 
 # ---- temperature schedule ------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def _logprobs(cand: Candidate, policy: str) -> list[float]:
     return cand.logprobs
 
 
-@CUT_POLICIES.register("random")
+@CUT_POLICIES.register("random", label="")
 def cut_random(cand: Candidate, cfg, rng) -> int:
     """Back off a uniform number of W-blocks (at least the last, possibly partial, one; at most
     max_fallback_window when set). A cut of 0 restarts from the prompt."""
@@ -118,7 +118,7 @@ def cut_random(cand: Candidate, cfg, rng) -> int:
     return (total_blocks - back) * w
 
 
-@CUT_POLICIES.register("min_logprob_token")
+@CUT_POLICIES.register("min_logprob_token", label="fb-minlp")
 def cut_min_logprob_token(cand: Candidate, cfg, rng) -> int:
     """Cut just before the least likely sampled token, so that it is resampled (not segment-aligned)."""
     return int(np.argmin(_logprobs(cand, "min_logprob_token")))
@@ -139,16 +139,16 @@ def _cut_block(sign: float):
 
 
 # block: low-probability blocks are cut more often; inverse_block: high-probability blocks
-CUT_POLICIES.register("block")(_cut_block(-1.0))
-CUT_POLICIES.register("inverse_block")(_cut_block(+1.0))
+CUT_POLICIES.register("block", label="fb-block")(_cut_block(-1.0))
+CUT_POLICIES.register("inverse_block", label="fb-invblock")(_cut_block(+1.0))
 
 
-@CUT_POLICIES.register("from_start")
+@CUT_POLICIES.register("from_start", label="fb-start")
 def cut_from_start(cand: Candidate, cfg, rng) -> int:
     return 0
 
 
-@CUT_POLICIES.register("no_fallback")
+@CUT_POLICIES.register("no_fallback", label="nofb")
 def cut_none(cand: Candidate, cfg, rng) -> int:
     raise RuntimeError("fallback_cut=no_fallback: fallback must not trigger")
 

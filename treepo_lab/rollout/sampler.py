@@ -9,6 +9,13 @@ never more (unless min_len drops exhaust fallback_patience); no leaf is deeper t
 Engine state: a path continued from the node generated at the previous step names that node as its
 `parent_id` (the engine forks its live state); a fresh root or a fallback cut sends parent_id=None with
 the full context. The sampler never looks at which engine it drives.
+
+Other rollout loops (forking inside a segment, lookahead, pruning; treepo_lab/methods/) implement the
+`Sampler` protocol on top of `SegmentSampler`, the shared machinery: one engine call per step for a queue
+of `PathState`s (continuing live paths through the engine's KV forking, prefilling cut ones), nodes and
+leaves recorded, stop rules applied. Each registers itself in SAMPLERS with its facts: `tree` (its trees
+carry subgroup structure, so tree estimators apply), `needs_entropies`, `label`, `knobs` (sampler.params),
+`dims` (the strategy-tag dimensions of SamplerConfig it reads) and an optional `check(cfg, knobs)`.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -33,8 +41,9 @@ Decode = Callable[[list[int]], str]
 
 
 @dataclass
-class _Path:
-    """One in-flight path: it will generate a new segment as a child of `last`."""
+class PathState:
+    """One in-flight path: it will generate a new segment as a child of `last`. `live`: the engine
+    still holds the state of `last` (continue it by parent_id); else its context is prefilled."""
 
     root: int  # prompt index
     last: int | None  # node it continues (None: the prompt)
@@ -58,6 +67,7 @@ class RolloutStats:
     finished_at_first_fallback: list[int | None] = field(default_factory=list)  # per prompt
     short_prompts: int = 0  # prompts with fewer than w leaves (no_fallback, or fallback_patience ran out)
     dropped_short: int = 0  # paths dropped by min_len
+    pruned: int = 0  # new branches dropped by a pruning rule (methods/latr.py)
     div_temperature: float = 1.0
     gen_s: float = 0.0  # wall time of the whole rollout
     counters: EngineCounters = field(default_factory=EngineCounters)  # engine work during it
@@ -94,43 +104,37 @@ class RolloutResult:
         return rollout_metrics(self.trees, self.stats)
 
 
-@SAMPLERS.register("tree")
-class TreeSampler:
-    """TreePO's segment-wise tree sampler. `decode(token_ids) -> str` gives the segment text that the
-    boxed and repetition rules read."""
+class Sampler(Protocol):
+    """What the trainer, evaluation and the CLI call: any rollout loop registered in SAMPLERS."""
 
-    kind = "tree"
+    kind: str
+
+    def rollout(self, prompts: list[list[int]], step: int = 0, total_steps: int = 1,
+                seed: int | None = None, keys: list[int] | None = None) -> RolloutResult: ...
+
+
+class SegmentSampler:
+    """The machinery every segment-wise rollout loop shares (see module doc). `decode(token_ids) -> str`
+    gives the segment text that the boxed and repetition rules read; `knobs` = sampler.params checked
+    against the registered entry, defaults filled in."""
+
+    kind = ""
 
     def __init__(self, engine: Engine, cfg: SamplerConfig, decode: Decode, eos_token_id: int):
         self.engine, self.cfg, self.decode, self.eos = engine, validate(cfg), decode, eos_token_id
         self.sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
         self.stop_rules = stopping.stop_rules(self.cfg)
+        self.knobs = SAMPLERS.knobs(self.kind, cfg.params, "sampler.params")
 
-    # ---- the three places where the sequential baseline differs ---------------------------------------
-    def _initial_copies(self, rng: np.random.Generator, n_prompts: int) -> int:
-        return divergence.initial_branching(self.cfg, rng, n_prompts)
+    def _begin(self, prompts: list[list[int]], step: int, total_steps: int, seed: int | None,
+               keys: list[int] | None = None):
+        """New trees (one per prompt), stats and one random stream per prompt.
 
-    def _children(self, tree: Tree, paths: list[_Path], finished: int, finished_now: int,
-                  n_roots_active: int, n_prompts: int, rng, temperature: float) -> list[int]:
-        cfg = self.cfg
-        b = divergence.branch_factor(cfg, rng, n_prompts)
-        total = divergence.step_total(cfg, finished, finished_now, len(paths), b, n_roots_active)
-        views = [self._view(tree, p) for p in paths]
-        alloc = divergence.DIV_POLICIES.get(cfg.div_policy, "sampler.div_policy")(views, total, temperature)
-        assert len(alloc) == len(paths) and min(alloc) >= 1 and sum(alloc) == total, (alloc, total)
-        return alloc
-
-    def _falls_back(self) -> bool:
-        return self.cfg.fallback_cut != "no_fallback"
-
-    # ---- rollout -------------------------------------------------------------------------------------
-    def rollout(self, prompts: list[list[int]], step: int = 0, total_steps: int = 1,
-                seed: int | None = None, keys: list[int] | None = None) -> RolloutResult:
-        """`keys`: one integer per prompt naming its random stream (default: its index). Every draw for a
-        prompt's tree (its divergence, fallback and token draws) comes from (seed, key) alone, so the
-        trainer passes each prompt's index in the global batch and a prompt gets the same tree whichever
-        rank samples it with whichever neighbours (except under budget.kind=step_token_budget, whose
-        budget is shared by the prompts of one call)."""
+        `keys`: one integer per prompt naming its stream (default: its index). Every draw for a prompt's
+        tree (its divergence, fallback and token draws) comes from (seed, key) alone, so the trainer
+        passes each prompt's index in the global batch and a prompt gets the same tree whichever rank
+        samples it with whichever neighbours (except under budget.kind=step_token_budget, whose budget is
+        shared by the prompts of one call)."""
         cfg, n = self.cfg, len(prompts)
         seed = cfg.seed if seed is None else seed
         if seed < 0:
@@ -147,30 +151,26 @@ class TreeSampler:
         meta = {"sampler": asdict(cfg), "seed": seed, "div_temperature": temperature}
         trees = [Tree(prompt_ids=list(p), prompt_text=self.decode(list(p)), meta=dict(meta)) for p in prompts]
         self._next_id = 0
-        # per root: leaves when it last fell back, and fallback rounds in a row that added no leaf
-        self._leaves_at_fallback, self._idle_fallbacks = [-1] * n, [0] * n
-        queue = [_Path(r, None, [], live=False)
-                 for r in range(n) for _ in range(self._initial_copies(rngs[r], n))]
+        return trees, stats, rngs, temperature
 
+    def _run(self, trees: list[Tree], stats: RolloutStats, loop: Callable[[], None]) -> RolloutResult:
+        """Run `loop` (the engine calls), timing it and counting the engine's work; release its state."""
         before, t0 = self.engine.counters.snapshot(), time.perf_counter()
         try:
-            while queue:
-                stats.steps += 1
-                active, finished_now = self._step(queue, trees, stats)
-                queue = self._next_queue(active, finished_now, trees, stats, rngs, temperature)
+            loop()
         finally:
             self.engine.release()
         stats.gen_s = time.perf_counter() - t0
         stats.counters = self.engine.counters.since(before)
-        assert all(len(t.leaves) <= cfg.width for t in trees)
-        stats.short_prompts = sum(len(t.leaves) < cfg.width for t in trees)
+        assert all(len(t.leaves) <= self.cfg.width for t in trees)
+        stats.short_prompts = sum(len(t.leaves) < self.cfg.width for t in trees)
         return RolloutResult(trees, stats)
 
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1
 
-    def _step(self, queue: list[_Path], trees: list[Tree], stats: RolloutStats):
+    def _step(self, queue: list[PathState], trees: list[Tree], stats: RolloutStats):
         """Generate one segment for every in-flight path; sort the paths into active and finished."""
         cfg = self.cfg
         ids = [self._new_id() for _ in queue]
@@ -185,7 +185,7 @@ class TreeSampler:
         # every request carries its own stream key: the call seed only names the call
         outs = self.engine.generate(requests, cfg.segment_len, self.sampling, stats.steps)
 
-        active: dict[int, list[_Path]] = defaultdict(list)
+        active: dict[int, list[PathState]] = defaultdict(list)
         finished_now: Counter[int] = Counter()
         for p, nid, out in zip(queue, ids, outs):
             tree = trees[p.root]
@@ -196,10 +196,10 @@ class TreeSampler:
                                  from_fallback=p.from_fallback))
             response = p.response + node.tokens
             eos = stopping.has_eos(node.tokens, out.eos, self.eos)
-            seg = stopping.Segment(node.text, eos, len(response), node.depth)
+            seg = stopping.Segment(node.text, eos, len(response), self._depth(node, len(response)))
             reason = stopping.stop_reason(self.stop_rules, cfg, seg)
             if reason is None:
-                active[p.root].append(_Path(p.root, nid, response, True, p.fallback_count))
+                active[p.root].append(PathState(p.root, nid, response, True, p.fallback_count))
                 continue
             if len(response) > cfg.max_response_len:  # length cap: keep exactly d*l tokens
                 self._truncate(node, len(node.tokens) - (len(response) - cfg.max_response_len))
@@ -214,21 +214,67 @@ class TreeSampler:
             finished_now[p.root] += 1
         return active, finished_now
 
+    def _depth(self, node: Node, response_len: int) -> int:
+        """The depth the max_depth rule reads: segments on the path (a loop that splits segments redefines it)."""
+        return node.depth
+
     def _truncate(self, node: Node, keep: int) -> None:
         node.tokens, node.logprobs, node.entropies = (node.tokens[:keep], node.logprobs[:keep],
                                                       node.entropies[:keep])
         node.text = self.decode(node.tokens)
 
-    def _next_queue(self, active, finished_now, trees, stats, rngs, temperature) -> list[_Path]:
+@SAMPLERS.register("tree", tree=True, label="", dims=("init_div", "shape", "branching", "budget", "fallback"))
+class TreeSampler(SegmentSampler):
+    """TreePO's segment-wise tree sampler: divergence at segment ends, budget transfer, fallback."""
+
+    kind = "tree"
+
+    # ---- the three places where the sequential baseline differs ---------------------------------------
+    def _initial_copies(self, rng: np.random.Generator, n_prompts: int) -> int:
+        return divergence.initial_branching(self.cfg, rng, n_prompts)
+
+    def _children(self, tree: Tree, paths: list[PathState], finished: int, finished_now: int,
+                  n_roots_active: int, n_prompts: int, rng, temperature: float) -> list[int]:
+        cfg = self.cfg
+        b = divergence.branch_factor(cfg, rng, n_prompts)
+        total = divergence.step_total(cfg, finished, finished_now, len(paths), b, n_roots_active)
+        views = [self._view(tree, p) for p in paths]
+        alloc = divergence.DIV_POLICIES.get(cfg.div_policy, "sampler.div_policy")(views, total, temperature)
+        assert len(alloc) == len(paths) and min(alloc) >= 1 and sum(alloc) == total, (alloc, total)
+        return alloc
+
+    def _falls_back(self) -> bool:
+        return self.cfg.fallback_cut != "no_fallback"
+
+    # ---- rollout -------------------------------------------------------------------------------------
+    def rollout(self, prompts: list[list[int]], step: int = 0, total_steps: int = 1,
+                seed: int | None = None, keys: list[int] | None = None) -> RolloutResult:
+        trees, stats, rngs, temperature = self._begin(prompts, step, total_steps, seed, keys)
+        n = len(prompts)
+        # per root: leaves when it last fell back, and fallback rounds in a row that added no leaf
+        self._leaves_at_fallback, self._idle_fallbacks = [-1] * n, [0] * n
+        queue = [PathState(r, None, [], live=False)
+                 for r in range(n) for _ in range(self._initial_copies(rngs[r], n))]
+
+        def loop():
+            nonlocal queue
+            while queue:
+                stats.steps += 1
+                active, finished_now = self._step(queue, trees, stats)
+                queue = self._next_queue(active, finished_now, trees, stats, rngs, temperature)
+
+        return self._run(trees, stats, loop)
+
+    def _next_queue(self, active, finished_now, trees, stats, rngs, temperature) -> list[PathState]:
         """Divergence for roots with active paths, fallback for the others; grouped by root."""
         cfg, n = self.cfg, len(trees)
-        nxt: list[_Path] = []
+        nxt: list[PathState] = []
         for root, paths in active.items():
             alloc = self._children(trees[root], paths, len(trees[root].leaves), finished_now[root],
                                    len(active), n, rngs[root], temperature)
             stats.children_per_active_path.extend(alloc)
             for p, k in zip(paths, alloc):
-                nxt += [_Path(root, p.last, p.response, live=True, fallback_count=p.fallback_count)
+                nxt += [PathState(root, p.last, p.response, live=True, fallback_count=p.fallback_count)
                         for _ in range(k)]
         for root, tree in enumerate(trees):
             missing = cfg.width - len(tree.leaves)
@@ -251,13 +297,13 @@ class TreeSampler:
             for restart in plan:
                 response = tree.tokens_to(restart.last)
                 stats.fallback_requests[root] += restart.copies
-                nxt += [_Path(root, restart.last, response, live=False, fallback_count=restart.fallback_count,
+                nxt += [PathState(root, restart.last, response, live=False, fallback_count=restart.fallback_count,
                               from_fallback=True) for _ in range(restart.copies)]
         nxt.sort(key=lambda p: p.root)  # stable: siblings stay adjacent (prefix-cache locality)
         return nxt
 
     @staticmethod
-    def _view(tree: Tree, p: _Path) -> divergence.ActivePath:
+    def _view(tree: Tree, p: PathState) -> divergence.ActivePath:
         path = tree.path_to(p.last)
         last = tree.nodes[p.last]
         return divergence.ActivePath(
@@ -265,7 +311,7 @@ class TreeSampler:
             last_logprobs=last.logprobs, last_entropies=last.entropies)
 
 
-@SAMPLERS.register("sequential")
+@SAMPLERS.register("sequential", tree=False, label="", dims=())
 class SequentialSampler(TreeSampler):
     """The baseline: w independent trajectories per prompt (b = 1, no fallback), the same stopping rules
     and length budget d*l, generated segment by segment behind the same interface."""
@@ -282,5 +328,5 @@ class SequentialSampler(TreeSampler):
         return False
 
 
-def build_sampler(cfg: SamplerConfig, engine: Engine, decode: Decode, eos_token_id: int) -> TreeSampler:
+def build_sampler(cfg: SamplerConfig, engine: Engine, decode: Decode, eos_token_id: int) -> Sampler:
     return SAMPLERS.get(cfg.kind, "sampler.kind")(engine, cfg, decode, eos_token_id)

@@ -28,6 +28,8 @@ class FinishReason:
     REPETITION = "early_stopped_by_repetition"
     # not a leaf: the node where a path shorter than min_len was dropped (no priority, never a candidate)
     DROPPED_SHORT = "dropped_short"
+    # not a leaf: a new branch dropped by a pruning rule (methods/latr.py), too similar to a sibling
+    PRUNED = "pruned_similar"
 
     PRIORITY: ClassVar[dict[str, int]] = {
         FINISHED: 7,
@@ -94,6 +96,29 @@ class Tree:
     def tokens_to(self, node_id: int | None) -> list[int]:
         """Response tokens from the prompt down to `node_id` included ([] for None)."""
         return [t for nid in self.path_to(node_id) for t in self.nodes[nid].tokens]
+
+    def split(self, node_id: int, at: int, new_id: int, decode) -> Node:
+        """Cut node `node_id` after its first `at` tokens (0 < at < len): the node keeps the head, a new
+        child `new_id` takes the tail with its log-probs, entropies and finish reason, and inherits the
+        node's children; leaf paths through the node gain the new id. For a loop that forks inside a
+        segment: the fork becomes a node boundary, so subgroups and tree packing see the shared head."""
+        x = self.nodes[node_id]
+        if not 0 < at < len(x.tokens):
+            raise ValueError(f"split at {at} of a node of {len(x.tokens)} tokens")
+        for n in self.nodes.values():
+            if n.parent_id == node_id:
+                n.parent_id = new_id
+        tail = self.add(Node(new_id, node_id, x.depth + 1, x.step, x.tokens[at:], x.logprobs[at:], x.entropies[at:],
+                             decode(x.tokens[at:]), finish_reason=x.finish_reason))
+        x.tokens, x.logprobs, x.entropies = x.tokens[:at], x.logprobs[:at], x.entropies[:at]
+        x.text, x.finish_reason = decode(x.tokens), None
+        for leaf in self.leaves:
+            if node_id in leaf.node_path:
+                k = leaf.node_path.index(node_id)
+                leaf.node_path.insert(k + 1, new_id)
+        for n in self.nodes.values():  # every node below the cut is one segment deeper
+            n.depth = len(self.path_to(n.node_id))
+        return tail
 
     def response_tokens(self, leaf: Leaf) -> list[int]:
         return [t for nid in leaf.node_path for t in self.nodes[nid].tokens]

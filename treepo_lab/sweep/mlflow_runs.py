@@ -15,12 +15,12 @@ from mlflow.entities import ViewType
 
 from treepo_lab.sweep import study as st
 from treepo_lab.sweep.spec import SweepSpec
+from treepo_lab.tags import (BEST_PARAMS_TAG, BEST_TRIAL_TAG, ERROR_TAG, FAIL_REASON_ATTR, NOTE_TAG,  # noqa: F401
+                              STORAGE_TAG, STUDY_TAG, SWEEP_ROLE_TAG as ROLE_TAG, SWEEP_STATUS_TAG as STATUS_TAG,
+                              SWEEP_TAG, SWEEP_TRIALS_TAG, TRIAL_STATE_TAG as STATE_TAG, TRIAL_TAG)
 from treepo_lab.track.mlflow_tracker import _experiment_id, check_reachable
 
 log = logging.getLogger(__name__)
-SWEEP_TAG, TRIAL_TAG, STATE_TAG, ROLE_TAG = "treepo.sweep_id", "treepo.trial", "treepo.trial_state", "treepo.sweep_role"
-STATUS_TAG, ERROR_TAG = "treepo.sweep_status", "treepo.error"
-NAME_TAG = "treepo.sweep"  # the sweep's name on the parent and every child (what the reports select by)
 # Optuna state -> MLflow run status of its child runs
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
@@ -35,9 +35,9 @@ def experiment(client: MlflowClient, spec: SweepSpec, uri: str) -> str:
 def start_parent(client: MlflowClient, spec: SweepSpec, uri: str, storage_url: str) -> str:
     exp_id = experiment(client, spec, uri)
     run = client.create_run(exp_id, run_name=f"{spec.name} (sweep)", tags={
-        SWEEP_TAG: spec.name, NAME_TAG: spec.name, ROLE_TAG: "parent", STATUS_TAG: "running",
-        "treepo.study": spec.name, "treepo.optuna_storage": storage_url,  # where the report finds the study
-        "mlflow.note.content": spec.description or ""})
+        SWEEP_TAG: spec.name, ROLE_TAG: "parent", STATUS_TAG: "running",
+        STUDY_TAG: spec.name, STORAGE_TAG: storage_url,  # where the report finds the study
+        NOTE_TAG: spec.description or ""})
     rid = run.info.run_id
     params = {"sweep.experiment": spec.experiment, "sweep.sampler": spec.sampler["name"],
               "sweep.pruner": spec.pruner["name"], "sweep.seeds": str(spec.seeds),
@@ -96,7 +96,7 @@ def close_dead_trial(uri: str, exp_name: str, sweep: str):
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(exp_name)
         if exp is not None:
-            reason = trial.user_attrs.get("fail_reason", "worker lost (no heartbeat)")
+            reason = trial.user_attrs.get(FAIL_REASON_ATTR, "worker lost (no heartbeat)")
             mark_trial(client, exp.experiment_id, sweep, trial.number, "FAIL", reason, killed=True)
     return on_failed
 
@@ -144,12 +144,12 @@ def finish_parent(client: MlflowClient, rid: str, study, spec: SweepSpec, status
     summary = {"status": status, "trials": dict(n), "best" if not spec.multi_objective else "pareto_front": front}
     ts = [f"{k.lower()}={v}" for k, v in sorted(n.items())]
     client.set_tag(rid, STATUS_TAG, status)
-    client.set_tag(rid, "treepo.sweep_trials", " ".join(ts))
+    client.set_tag(rid, SWEEP_TRIALS_TAG, " ".join(ts))
     for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
         client.log_metric(rid, f"sweep/n_{state.lower()}", n.get(state, 0))
     if front and not spec.multi_objective:
-        client.set_tag(rid, "treepo.best_trial", str(front[0]["trial"]))
-        client.set_tag(rid, "treepo.best_params", json.dumps(front[0]["params"], default=str)[:8000])
+        client.set_tag(rid, BEST_TRIAL_TAG, str(front[0]["trial"]))
+        client.set_tag(rid, BEST_PARAMS_TAG, json.dumps(front[0]["params"], default=str)[:8000])
         client.log_metric(rid, "sweep/best_value", front[0]["values"][spec.objectives[0].metric])
     client.log_dict(rid, summary, "sweep/summary.json")
     client.log_dict(rid, [st.trial_summary(t, spec) for t in trials], "sweep/trials.json")

@@ -11,7 +11,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from omegaconf import OmegaConf
 
+from treepo_lab.algo.registries import ESTIMATORS
 from treepo_lab.config import ExperimentConfig, compose_config, to_object, validate
+from treepo_lab.rollout.sampler import SAMPLERS
 from treepo_lab.sweep.grammar import Param, override_value
 from treepo_lab.sweep.spec import SweepSpec
 
@@ -80,7 +82,10 @@ def trial_config(spec: SweepSpec, point: dict[str, Any], seed: int) -> Experimen
     cfg = copy.deepcopy(_composed(name, tuple(spec.overrides)))
     for key, value in point.items():
         if key != "experiment":
-            OmegaConf.update(cfg, key, spec.param(key).decode(value), merge=True)
+            # a key inside a free-form dict (a registered entry's params) is new to the struct config
+            parent = OmegaConf.select(cfg, key.rsplit(".", 1)[0]) if "." in key else None
+            add = parent is not None and OmegaConf.get_type(parent) is dict
+            OmegaConf.update(cfg, key, spec.param(key).decode(value), merge=True, force_add=add)
     cfg.seed = seed
     if spec.nproc_per_trial > 1:  # checked like any trainer.nproc (it must split prompts_per_step)
         cfg.trainer.nproc = spec.nproc_per_trial
@@ -100,11 +105,20 @@ def short_key(key: str) -> str:
                "advantage.estimator": "adv", "advantage.aggregation": "agg"}
     if key in aliases:
         return aliases[key]
+    if ".params." in key:  # a registered entry's knob: its own name (sampler.params.forks -> forks)
+        return key.rsplit(".", 1)[1]
     parts = key.split(".")
     return ".".join(parts[1:]) if len(parts) > 1 else key
 
 
-def short_value(v: Any) -> str:
+# keys whose values are registered names: a value reads as its entry's strategy label
+LABELLED = {"advantage.estimator": ESTIMATORS, "sampler.kind": SAMPLERS, "eval.sampler": SAMPLERS}
+
+
+def short_value(v: Any, key: str = "") -> str:
+    registry = LABELLED.get(key)
+    if registry is not None and isinstance(v, str) and v in registry and registry.info(v).get("label"):
+        return registry.info(v)["label"]
     if isinstance(v, float):
         return f"{v:.3g}"
     text = override_value(v)
@@ -118,6 +132,6 @@ def run_name(trial_number: int, point: dict[str, Any], seed: int) -> str:
     parts = [f"t{trial_number:02d}"]
     for k, v in point.items():
         sk = short_key(k)
-        parts.append(f"{sk}={short_value(v)}" if sk else short_value(v))
+        parts.append(f"{sk}={short_value(v, k)}" if sk else short_value(v, k))
     parts.append(f"s{seed}")
     return " ".join(parts)[:250]

@@ -24,10 +24,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from treepo_lab.registry import ConfigError
+from treepo_lab.tags import FAIL_REASON_ATTR, WORKER_ATTR  # noqa: F401 (sto.WORKER_ATTR)
 
 RDB_SCHEMES = ("postgresql", "mysql")
-WORKER_ATTR = "worker"
-FAIL_REASON_ATTR = "fail_reason"
 
 
 def is_rdb(url: str) -> bool:

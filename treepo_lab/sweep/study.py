@@ -13,11 +13,10 @@ from optuna.trial import FrozenTrial, TrialState
 from treepo_lab.registry import ConfigError
 from treepo_lab.sweep.space import grid_points
 from treepo_lab.sweep.spec import PRUNERS, SAMPLERS, SweepSpec, parse_spec
+from treepo_lab.tags import (ERROR_ATTR, FAIL_REASON_ATTR, FAILURE_WINDOW_ATTR, INTERRUPTED_ATTR,  # noqa: F401
+                              OBJECTIVE_STD_ATTR, PARENT_ATTR, RUNS_ATTR, SEED_VALUES_ATTR, SPEC_ATTR, STOP_ATTR,
+                              URI_ATTR)
 
-SPEC_ATTR, URI_ATTR, PARENT_ATTR, STOP_ATTR = "spec", "tracking_uri", "parent_run_id", "stopped"
-FAILURE_WINDOW_ATTR = "failure_window_start"  # the failure limit counts trials from this number on
-ERROR_ATTR, INTERRUPTED_ATTR = "error", "interrupted"
-SEED_VALUES_ATTR, RUNS_ATTR = "seed_values", "mlflow_runs"
 # what must stay the same for a re-run to resume a study rather than start a different one
 IDENTITY = ("experiment", "overrides", "cli_overrides", "search_space", "grid", "objectives", "seeds")
 
@@ -94,7 +93,7 @@ def failed_at_start(spec: SweepSpec, trials: list[FrozenTrial], since: int = 0) 
     stop tries again) all failed by raising (a spec that cannot work); interrupted trials and dead workers
     do not count."""
     done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.is_finished() and t.number >= since
-            and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get("fail_reason")]
+            and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(FAIL_REASON_ATTR)]
     first = done[: spec.failure_limit]
     if len(first) == spec.failure_limit and all(t.state == TrialState.FAIL for t in first):
         return first[0].user_attrs.get(ERROR_ATTR, "unknown error")
@@ -119,4 +118,4 @@ def best(study: optuna.Study, spec: SweepSpec) -> list[FrozenTrial]:
 def trial_summary(t: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
     return {"trial": t.number, "state": t.state.name, "params": t.params,
             "values": dict(zip([o.metric for o in spec.objectives], t.values or [])),
-            "spread": t.user_attrs.get("objective_std"), "seeds": t.user_attrs.get(SEED_VALUES_ATTR)}
+            "spread": t.user_attrs.get(OBJECTIVE_STD_ATTR), "seeds": t.user_attrs.get(SEED_VALUES_ATTR)}

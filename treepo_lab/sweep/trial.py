@@ -22,6 +22,7 @@ import optuna
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from treepo_lab import tags
 from treepo_lab.sweep import mlflow_runs as mr
 from treepo_lab.sweep import study as st
 from treepo_lab.sweep.grammar import override_value
@@ -80,7 +81,7 @@ def _seed_run(ctx: TrialContext, trial_number: int, seed: int, runs: dict) -> st
     if str(seed) in runs:
         return runs[str(seed)]
     found = [r for r in mr.trial_runs(ctx.client, ctx.experiment_id, ctx.spec.name, trial_number)
-             if r.data.tags.get("treepo.seed") == str(seed)]
+             if r.data.tags.get(tags.SEED_TAG) == str(seed)]
     return found[0].info.run_id if found else None
 
 
@@ -88,9 +89,8 @@ def _failed_run(ctx: TrialContext, trial_number: int, point: dict, seed: int, er
     """A trial that failed before training could open its run still gets one, FAILED, with the error."""
     client = ctx.client
     run = client.create_run(ctx.experiment_id, run_name=run_name(trial_number, point, seed), tags={
-        "mlflow.parentRunId": ctx.parent_run_id, mr.SWEEP_TAG: ctx.spec.name, mr.NAME_TAG: ctx.spec.name,
-        mr.TRIAL_TAG: str(trial_number),
-        "treepo.seed": str(seed), mr.ERROR_TAG: error[:8000], **swept_tags(point)})
+        tags.PARENT_RUN_TAG: ctx.parent_run_id, mr.SWEEP_TAG: ctx.spec.name, mr.TRIAL_TAG: str(trial_number),
+        tags.SEED_TAG: str(seed), mr.ERROR_TAG: error[:8000], **swept_tags(point)})
     client.set_terminated(run.info.run_id, "FAILED")
     return run.info.run_id
 
@@ -137,7 +137,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             cfg.tracking.tracking_uri = ctx.tracking_uri
             cfg.tracking.experiment_name = spec.name
             cfg.tracking.run_name = run_name(trial.number, point, seed)
-            cfg.tracking.tags = {**cfg.tracking.tags, **swept_tags(point), mr.STATE_TAG: "RUNNING", mr.NAME_TAG: spec.name}
+            cfg.tracking.tags = {**cfg.tracking.tags, **swept_tags(point), mr.STATE_TAG: "RUNNING"}
             t0 = time.perf_counter()
             if spec.nproc_per_trial > 1:
                 run_id, history, wall_s = _run_ranks(ctx, cfg, trial.number, seed)
@@ -148,7 +148,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
                 run_id, wall_s = trainer.tracker.run_id, trainer.wall_s
             timing["run_s"] += time.perf_counter() - t0
             timing["train_s"] += wall_s
-            trial.set_user_attr("timing", timing)
+            trial.set_user_attr(tags.TIMING_ATTR, timing)
             runs[str(seed)] = run_id
             trial.set_user_attr(st.RUNS_ATTR, runs)
             values = final_values(spec, history)
@@ -158,7 +158,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             rid = _seed_run(ctx, trial.number, seed, runs)
             if rid:
                 ctx.client.delete_tag(rid, mr.ERROR_TAG)
-                ctx.client.set_tag(rid, "treepo.pruned", str(err))
+                ctx.client.set_tag(rid, tags.PRUNED_TAG, str(err))
                 ctx.client.set_terminated(rid, "KILLED")
             raise
         except Exception as err:
@@ -174,5 +174,5 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
         trial.set_user_attr(st.SEED_VALUES_ATTR, seed_values)
     per_objective = list(zip(*[seed_values[str(s)] for s in spec.seeds]))
     means = [statistics.fmean(v) for v in per_objective]
-    trial.set_user_attr("objective_std", [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_objective])
+    trial.set_user_attr(tags.OBJECTIVE_STD_ATTR, [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_objective])
     return means

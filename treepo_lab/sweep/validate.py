@@ -61,7 +61,9 @@ def check_experiments(spec: SweepSpec) -> None:
         names += [str(v) for v in p.values]
     for n in names:
         if n not in known:
-            close = difflib.get_close_matches(n, known, n=3, cutoff=0.5)
+            # a cut-off name first (grpo_tree -> grpo_tree_sampling), then the similar ones (spo_tree)
+            prefixed = [k for k in known if k.startswith(n)]
+            close = list(dict.fromkeys(prefixed + difflib.get_close_matches(n, known, n=3, cutoff=0.5)))[:3]
             raise ConfigError("experiment", n, f"a registry experiment (experiments/*.yaml)"
                               f"{'; did you mean ' + ' or '.join(close) + '?' if close else ': ' + ', '.join(known)}")
 

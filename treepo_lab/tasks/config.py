@@ -67,6 +67,10 @@ class TaskConfig:
     held_out_path: str | None = None  # a separate evaluation file; null = split off held_out_fraction
     held_out_fraction: float = 0.1  # share of `path` rows held out (seeded by `seed`)
     # both
+    # the prompt (after `template`) as the user message of the tokenizer's chat template, with the generation
+    # prompt (models/prompting.py); null = on when the tokenizer has one and the model is not the embedded one
+    chat_template: bool | None = None
+    system_prompt: str | None = None  # the chat's system message (null: none, or the template's own default)
     held_out_size: int = 1000  # evaluation problems (arith: drawn; file: a cap on the split)
     seed: int = 0  # picks the held-out problems (arith) or the held-out rows (file)
     check: CheckConfig = field(default_factory=CheckConfig)  # how a response is judged right

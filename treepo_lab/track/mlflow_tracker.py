@@ -33,7 +33,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from treepo_lab.analysis.tree_drawing import tree_html
+from treepo_lab.track.tree_drawing import tree_html
+from treepo_lab.tags import (DEVICE_TAG, ENGINE_TAG, ERROR_TAG, EXPERIMENT_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG,
+                              VERSION_TAG, WORLD_SIZE_TAG)
 from treepo_lab.track.artifacts import compact_json, compact_tree, eval_sample_rows
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.track.metric_names import with_headline
@@ -172,12 +174,12 @@ class Tracker:
             [experiment] + ([f"t{trial}"] if trial is not None else []) + [f"s{seed}", time.strftime("%m%d-%H%M%S")])
         commit = git_commit()
         tags = {
-            "treepo.experiment": experiment, "treepo.seed": str(seed),
-            "treepo.engine": str(engine), "treepo.device": str(device), "treepo.version": lab_version(),
-            "treepo.world_size": str(world_size),
+            EXPERIMENT_TAG: experiment, SEED_TAG: str(seed),
+            ENGINE_TAG: str(engine), DEVICE_TAG: str(device), VERSION_TAG: lab_version(),
+            WORLD_SIZE_TAG: str(world_size),
             **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
-            **({"treepo.sweep_id": str(sweep_id)} if sweep_id is not None else {}),
-            **({"treepo.trial": str(trial)} if trial is not None else {}),
+            **({SWEEP_TAG: str(sweep_id)} if sweep_id is not None else {}),
+            **({TRIAL_TAG: str(trial)} if trial is not None else {}),
             **strategy_tags(cfg),
             **({} if resume_run_id else {"mlflow.note.content": run_description(cfg, overrides)}),
             **{str(k): str(v) for k, v in tracking_cfg.tags.items()},
@@ -203,8 +205,8 @@ class Tracker:
             tracker._install_sigterm()
             if resume_run_id:
                 tracker._logged_up_to = tracker._last_steps()
-                if "treepo.error" in run.data.tags:  # the error of the attempt this run resumes from
-                    client.delete_tag(run.info.run_id, "treepo.error")
+                if ERROR_TAG in run.data.tags:  # the error of the attempt this run resumes from
+                    client.delete_tag(run.info.run_id, ERROR_TAG)
             tracker.set_tags(tags)
             tracker.log_params(run_params(cfg), resume=resume_run_id is not None)
             # a resumed run keeps its first config.yaml; the resumed one is logged beside it
@@ -327,7 +329,7 @@ class Tracker:
         """End the run with the status an exception (or its absence) calls for."""
         if exc is not None and not self._ended:
             try:  # the error, in the runs table, without opening logs
-                self.set_tag("treepo.error", f"{type(exc).__name__}: {exc}"[:8000])
+                self.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:8000])
             except Exception:  # never let bookkeeping mask the original exception
                 log.exception("could not record the error on run %s", self.run_id)
         self.end(_status_for(exc))

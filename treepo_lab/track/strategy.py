@@ -12,28 +12,26 @@ encouraged branching at temperature 2 (paper Fig. 8).
 The long form is one tag per dimension (`treepo.strategy.<dimension>`) plus `treepo.strategy.long`
 joining them, so a sweep can also group by a single dimension (e.g. `treepo.strategy.shape`).
 
-Works on the plain nested config (dicts), for both spellings of the knobs that issue 9 restructured
-(`init_div_range` / `init_div`, `budget_control` / `budget`), so runs logged before and after compare.
+Labels and knobs of estimators and samplers are the facts their registry entries carry (a method
+registered in treepo_lab/methods/ names itself, e.g. `treerl eptree`); a name this version does not know
+(an older run) reads as itself. Works on the plain nested config (dicts), for both spellings of the
+knobs that issue 9 restructured (`init_div_range` / `init_div`, `budget_control` / `budget`), so runs
+logged before and after compare.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-# short codes of the branching policies (`tree_div_policy`)
-DIV_POLICY_CODES = {
-    "fixed_avg": "",
-    "logprob_weighted_div": "lp",
-    "inverse_logprob_weighted_div": "ilp",
-    "norm_logprob_weighted_div": "nlp",
-    "norm_inv_logprob_weighted_div": "nilp",
-    "node_logprob_weighted_div": "lowp",  # paper Fig. 8 "Low Prob Encourage"
-    "inverse_node_logprob_weighted_div": "highp",  # "High Prob Encourage"
-    "entropy_weighted_div": "entropy",
-}
-FALLBACK_CUT_CODES = {"random": "", "no_fallback": "nofb", "min_logprob_token": "fb-minlp", "block": "fb-block",
-                      "inverse_block": "fb-invblock", "from_start": "fb-start"}
-TREE_NATIVE = {"treepo": "treepo", "tree_segment": "treeseg", "spo": "spo"}  # estimators that read the tree
+import treepo_lab.methods  # noqa: F401  (registers the tree methods: their labels)
+from treepo_lab.algo.registries import ESTIMATORS
+from treepo_lab.registry import Registry
+from treepo_lab.rollout.divergence import DIV_POLICIES
+from treepo_lab.rollout.fallback import CUT_POLICIES
+from treepo_lab.rollout.sampler import SAMPLERS
+from treepo_lab.tags import STRATEGY_TAG
+
+TREE_DIMS = ("init_div", "shape", "branching", "budget", "fallback")  # what the tree sampler's label names
 REFERENCE_SHAPE = (8, 16)
 REFERENCE_BRANCH = 2
 
@@ -79,7 +77,7 @@ def _budget(s: Mapping) -> tuple[str, str]:
 
 def _branching(s: Mapping) -> tuple[str, str]:
     policy = s.get("div_policy", "fixed_avg")
-    code = DIV_POLICY_CODES.get(policy, str(policy)[:6])
+    code = _facts(DIV_POLICIES, policy, {"label": str(policy)[:6]})["label"]  # paper Fig. 8 lowp / highp
     if policy == "fixed_avg":
         return "", "fixed_avg"
     sched = s.get("div_temp_schedule") or {}
@@ -92,9 +90,15 @@ def _branching(s: Mapping) -> tuple[str, str]:
     return (code if t == 1 else f"{code} T{_num(t)}"), f"{policy}, temperature {_num(t)}"
 
 
+def _shape(s: Mapping) -> tuple[str, str]:
+    shape = (s.get("max_depth"), s.get("segment_len"))
+    shape_s = f"{shape[0]}x{shape[1]}"
+    return ("" if shape == REFERENCE_SHAPE else shape_s), shape_s
+
+
 def _fallback(s: Mapping) -> tuple[str, str]:
     cut = s.get("fallback_cut", "random")
-    parts = [FALLBACK_CUT_CODES.get(cut, f"fb-{cut}")]
+    parts = [_facts(CUT_POLICIES, cut, {"label": f"fb-{cut}"})["label"]]
     window = s.get("fallback_window")
     if cut != "no_fallback" and window is not None and window > 0:  # null / <= 0 = l (segment-aligned)
         parts.append(f"fbw{window}")
@@ -106,9 +110,26 @@ def _fallback(s: Mapping) -> tuple[str, str]:
     return " ".join(p for p in parts if p), long
 
 
+def _facts(registry: Registry, name: str, unknown: dict) -> dict:
+    return registry.info(name) if name in registry else unknown
+
+
+def _knobs(registry: Registry, name: str, params: Mapping | None) -> tuple[list[str], list[str]]:
+    """(short codes, long "k=v") of the knobs set away from their registered default."""
+    short, long = [], []
+    for k, knob in _facts(registry, name, {}).get("knobs", {}).items():
+        v = (params or {}).get(k, knob.default)
+        if v != knob.default:
+            long.append(f"{k}={_num(v)}")
+            if knob.code:
+                short.append(f"{knob.code}{_num(v)}")
+    return short, long
+
+
 def _advantage(a: Mapping) -> tuple[str, str]:
     est = a.get("estimator", "treepo")
-    parts, long = [], [est]
+    parts, long = _knobs(ESTIMATORS, est, a.get("params"))
+    long.insert(0, est)
     if est == "treepo":
         agg = a.get("aggregation", "average")
         long.append(f"aggregation {agg}")
@@ -128,23 +149,22 @@ def strategy_tags(cfg: Mapping) -> dict[str, str]:
     """`treepo.strategy` (short), `treepo.strategy.long` and one `treepo.strategy.<dimension>` tag each."""
     s, a = cfg.get("sampler") or {}, cfg.get("advantage") or {}
     kind, est = s.get("kind", "tree"), a.get("estimator", "treepo")
-    # the algorithm is named unless it is TreePO itself (then the label is only what differs)
-    base = est if kind != "tree" else ("" if est == "treepo" else TREE_NATIVE.get(est, f"{est} tree"))
-    dims = {"sampler": (kind, kind), "advantage": _advantage(a)}
-    if kind == "tree":  # the sequential baseline has no divergence, shape or fallback to name
-        shape = (s.get("max_depth"), s.get("segment_len"))
-        shape_s = f"{shape[0]}x{shape[1]}"
-        dims.update({
-            "init_div": _init_div(s),
-            "shape": ("" if shape == REFERENCE_SHAPE else shape_s, shape_s),
-            "branching": _branching(s),
-            "budget": _budget(s),
-            "fallback": _fallback(s),
-        })
+    sampler = _facts(SAMPLERS, kind, {"tree": True, "label": kind, "dims": TREE_DIMS})
+    estimator = _facts(ESTIMATORS, est, {"label": est, "needs_tree": False})
+    # the algorithm is named unless it is TreePO itself (then the label is only what differs); an
+    # estimator that ignores the tree reads "<label> tree" on tree rollouts (GRPO with tree sampling)
+    base = estimator["label"] if not sampler["tree"] else \
+        "" if est == "treepo" else estimator["label"] if estimator["needs_tree"] else f"{estimator['label']} tree"
+    knob_short, knob_long = _knobs(SAMPLERS, kind, s.get("params"))
+    dims = {"sampler": (" ".join([sampler["label"], *knob_short]).strip(), ", ".join([kind, *knob_long])),
+            "advantage": _advantage(a)}
+    builders = {"init_div": _init_div, "shape": _shape, "branching": _branching, "budget": _budget,
+                "fallback": _fallback}
+    dims.update({d: builders[d](s) for d in sampler["dims"]})  # the sequential baseline has none to name
     # most telling first: the UI cuts the label after about 10 characters
-    order = ("branching", "shape", "fallback", "advantage", "budget", "init_div")
+    order = ("sampler", "branching", "shape", "fallback", "advantage", "budget", "init_div")
     short = " ".join(p for p in [base] + [dims[d][0] for d in order if d in dims] if p) or "treepo"
-    tags = {"treepo.strategy": short}
-    tags.update({f"treepo.strategy.{d}": long for d, (_, long) in dims.items()})
-    tags["treepo.strategy.long"] = "; ".join(f"{d}: {long}" for d, (_, long) in dims.items())
+    tags = {STRATEGY_TAG: short}
+    tags.update({f"{STRATEGY_TAG}.{d}": long for d, (_, long) in dims.items()})
+    tags[f"{STRATEGY_TAG}.long"] = "; ".join(f"{d}: {long}" for d, (_, long) in dims.items())
     return tags

@@ -22,6 +22,9 @@ class TrainerConfig:
     packing: str = "tree"
     pack_tokens: int = 1024  # packing=tree: unique trie tokens per forward/backward (memory knob; no effect on maths)
     ppo_epochs: int = 1
+    # recompute activations in the backward instead of keeping them (HF gradient checkpointing): less memory
+    # for long responses and real model sizes, ~1 extra forward of compute; sampling is unaffected
+    gradient_checkpointing: bool = False
     lr: float = 5e-5
     warmup_steps: int = 20  # linear warm-up, then constant
     weight_decay: float = 0.01

@@ -25,6 +25,7 @@ def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig
     return dataclasses.replace(
         sampler,
         kind=ev.sampler,
+        params=sampler.params if ev.sampler == sampler.kind else {},  # knobs belong to the training sampler's kind
         width=ev.k,
         temperature=1.0 if greedy else ev.temperature,
         top_k=1 if greedy else -1,

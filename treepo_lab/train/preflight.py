@@ -4,8 +4,11 @@ exists (`run_experiment` calls `preflight` first): only training itself can leav
     the config's values and names (treepo_lab.config.validate), keys the schema does not have, seeds >= 0
     the tracking URI: a scheme MLflow can store runs in (the server's reachability is checked at start)
     the dataset: read and parsed whole (file, row and column named on error)
+    model.dtype=bfloat16 on a CPU without native bf16
     the model: a directory with config.json and tokenizer files (or a hub id that resolves), its
-        tokenizer loaded; the embedded model needs nothing on disk (its tokenizer is rebuilt here)
+        tokenizer loaded; the embedded model needs nothing on disk (its tokenizer is rebuilt here); a .gguf
+        file must be a model transformers reads (converted to its cached HF directory here)
+    task.chat_template on needs a tokenizer with a chat template
     the tokenizer covers every character of the prompts and answers (no silent <unk>)
     the longest prompt plus the longest response (max_depth * segment_len) fits the model's positions
     the DAPO overlong buffer is shorter than the longest response
@@ -27,6 +30,8 @@ from urllib.parse import urlparse
 from filelock import FileLock, Timeout
 
 from treepo_lab.config import ExperimentConfig, to_object, validate
+from treepo_lab.models.gguf import converted, is_gguf
+from treepo_lab.models.prompting import PromptFormat, prompt_format
 from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.overrides import unknown_fields, unknown_key_error
 from treepo_lab.registry import ConfigError
@@ -35,7 +40,7 @@ from treepo_lab.tasks.build import build_task
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 MODEL_DIR = ("a model directory holding config.json and tokenizer files (tokenizer.json or tokenizer_config.json), "
-             "or a Hugging Face hub id")
+             "a .gguf model file, or a Hugging Face hub id")
 # MLflow's URI schemes and the drivers they need (psycopg2 etc. are optional installs)
 SQL_DRIVERS = {"postgresql": "psycopg2", "mysql": "pymysql", "mssql": "pyodbc"}
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
@@ -58,10 +63,12 @@ def preflight(cfg) -> Preflight:
     check_world(cfg)
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.resolved_uri())
+    check_dtype(cfg)
     task = build_task(cfg.task)
     tokenizer, max_positions = load_tokenizer(cfg)
+    prompts = prompt_format(cfg.task, cfg.model.path, tokenizer)
     check_characters(task, tokenizer, cfg.task)
-    longest = check_positions(task, tokenizer, max_positions, cfg)
+    longest = check_positions(task, prompts, max_positions, cfg)
     cfg.reward.validate(max_response_len=cfg.sampler.max_response_len)
     return Preflight(task, tokenizer, max_positions, longest, list(getattr(task, "warnings", [])))
 
@@ -104,6 +111,16 @@ def check_seeds(cfg, prefix: str = "") -> None:
             raise ConfigError(key, value, "an integer >= 0")
 
 
+def check_dtype(cfg: ExperimentConfig) -> None:
+    """bfloat16 on a CPU that can only emulate it is refused (it would be slower than float32)."""
+    if cfg.model.dtype == "bfloat16":
+        from treepo_lab.models.load import bf16_problem, resolve_device
+
+        problem = bf16_problem(resolve_device(cfg.model.device))
+        if problem:
+            raise ConfigError("model.dtype", cfg.model.dtype, problem)
+
+
 def check_tracking_uri(uri: str) -> None:
     """A URI MLflow has a store for, with its driver installed; a SQLite file whose folder exists."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
@@ -130,6 +147,8 @@ def load_tokenizer(cfg: ExperimentConfig):
     if cfg.model.path is None:  # the embedded model: the character tokenizer, positions from its shape
         return build_char_tokenizer(), cfg.warmstart.tiny.max_positions
     path, key = cfg.model.path, "model.path"
+    if is_gguf(path):  # converted once here (or found in the cache): a file that is not a model is refused
+        path = str(converted(path))
     local = Path(path).expanduser()
     if local.is_file():
         raise ConfigError(key, path, f"{MODEL_DIR}; this is a file")
@@ -182,10 +201,10 @@ def _rows(ids: list[str]) -> str:
     return ", ".join(ids[:5]) + (f" (+{len(ids) - 5} more)" if len(ids) > 5 else "")
 
 
-def check_positions(task: Task, tokenizer, max_positions: int | None, cfg: ExperimentConfig) -> int:
-    """The longest prompt (tokens) plus max_depth * segment_len must fit the model's positions."""
+def check_positions(task: Task, prompts: PromptFormat, max_positions: int | None, cfg: ExperimentConfig) -> int:
+    """The longest prompt as the model sees it (tokens) plus max_depth * segment_len must fit the model's positions."""
     problems = task.all_problems()
-    lengths = [len(ids) for ids in tokenizer([p.prompt for p in problems])["input_ids"]]
+    lengths = [len(prompts.encode(prompts.render(p.prompt))) for p in problems]
     i = max(range(len(lengths)), key=lengths.__getitem__)
     longest, response = lengths[i], cfg.sampler.max_response_len
     if max_positions is not None and longest + response > max_positions:

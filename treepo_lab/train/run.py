@@ -23,6 +23,7 @@ from treepo_lab.config import ExperimentConfig, to_object, validate
 from treepo_lab.models.load import resolve_device
 from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
+from treepo_lab.tags import CHECKPOINT_TAG, RUN_DIR_TAG
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.track.mlflow_tracker import Tracker, TrackingError, check_reachable
 from treepo_lab.train import checkpoint as ckpt
@@ -31,7 +32,6 @@ from treepo_lab.train.preflight import check_checkpoint, lock_run_dir, preflight
 from treepo_lab.train.progress import setup_step
 from treepo_lab.train.trainer import Trainer
 
-RUN_DIR_TAG = "treepo.run_dir"
 STORE_FILE = "tracking.json"  # {tracking_uri, run_id, experiment_id}: where this run directory's run lives
 
 
@@ -184,7 +184,7 @@ def _train(trainer: Trainer, tracker, run_dir: Path, progress: bool) -> list[dic
                                     f"{run_dir}") from err
             last = ckpt.latest_checkpoint(run_dir / "checkpoints")
             tracker.log_text(f"{last}\n", "checkpoint_location.txt")
-            tracker.set_tag("treepo.checkpoint", str(last))
+            tracker.set_tag(CHECKPOINT_TAG, str(last))
     except KeyboardInterrupt:
         raise RunInterrupted(ckpt.latest_checkpoint(run_dir / "checkpoints"), ref) from None
     return history

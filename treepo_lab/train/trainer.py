@@ -34,6 +34,7 @@ from treepo_lab.algo.scoring import Scorer
 from treepo_lab.config import ExperimentConfig, to_object, to_yaml, validate, warmstart_config
 from treepo_lab.engines.factory import build_engine
 from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
+from treepo_lab.models.prompting import prompt_format
 from treepo_lab.rollout.accounting import CumulativeCompute
 from treepo_lab.rollout.sampler import RolloutResult, build_sampler
 from treepo_lab.rollout.tree import Tree
@@ -96,6 +97,8 @@ class Trainer:
             self.model_path, cfg.model.dtype, distributed.device_for(cfg.model.device, world),
             cfg.model.trust_remote_code)
         self.task = build_task(cfg.task)
+        # the prompt as the model sees it: as is, or the user turn of the tokenizer's chat template
+        self.prompts = prompt_format(cfg.task, cfg.model.path, self.tokenizer)
         # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself,
         # or under FSDP (whose forwards are collectives) from a whole copy that follows the shards
         sampled = copy.deepcopy(policy) if world.distributed and cfg.trainer.parallel == "fsdp" else policy
@@ -104,6 +107,8 @@ class Trainer:
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
         self.scorer = Scorer(self.task, self.decode, cfg.trainer.reward_timeout_s)
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")
+        if cfg.trainer.gradient_checkpointing:  # active in train mode only: the update, not the sampling
+            policy.gradient_checkpointing_enable()
         self.packing = resolve_packing(cfg.trainer.packing, policy)  # tree, or flat with the reason logged
         self.ref_model = None
         if cfg.loss.kl_coef > 0:
@@ -212,7 +217,7 @@ class Trainer:
         """This rank's share of the round's prompts (all of them in one process), each keyed by its index."""
         cfg = self.cfg
         rng = np.random.default_rng(derive_seed(cfg.seed, step, _PROBLEMS + round_))
-        problems = self.task.sample(cfg.trainer.prompts_per_step, rng)
+        problems = [self.prompts.problem(p) for p in self.task.sample(cfg.trainer.prompts_per_step, rng)]
         share = self.world.share(len(problems))
         problems = [problems[i] for i in share]
         try:
@@ -269,14 +274,14 @@ class Trainer:
 
     # ---- text <-> tokens ----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
+        return self.prompts.encode(text)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- evaluation, logging, checkpoints ---------------------------------------------------------------
     def evaluate(self) -> tuple[dict, list[dict]]:
-        problems = self.task.held_out()[: self.cfg.eval.n_problems]
+        problems = [self.prompts.problem(p) for p in self.task.held_out()[: self.cfg.eval.n_problems]]
         with eval_progress(len(problems), enabled=self._progress) as bar:
             return evaluate(self.engine, self.tokenizer, self.task, problems, self.cfg.eval, self.cfg.sampler,
                             self.encode, self.decode, seed=derive_seed(self.cfg.seed, self.step, _EVAL),
