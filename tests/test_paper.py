@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from treepo_lab.analysis import findings as fnd
-from treepo_lab.analysis.paper import cmd_paper
+from treepo_lab.sweep.paper import cmd_paper
 from treepo_lab.analysis.stats import Interval
 from treepo_lab.config import list_experiments
 from treepo_lab.registry import ConfigError

@@ -227,7 +227,7 @@ def _analysis(name: str):
 
 
 def cmd_paper(own, overrides, raw):
-    from treepo_lab.analysis.paper import cmd_paper as run
+    from treepo_lab.sweep.paper import cmd_paper as run
 
     return run(raw)
 

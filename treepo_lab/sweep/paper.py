@@ -24,8 +24,11 @@ from treepo_lab.analysis.series import Series
 from treepo_lab.analysis.style import StrategyStyles
 from treepo_lab.config import list_experiments
 from treepo_lab.registry import ConfigError
+from treepo_lab.sweep import driver
+from treepo_lab.sweep.spec import load_spec
+from treepo_lab.tags import EXPERIMENT_TAG
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree (sweeps/, analysis/)
 
 
 def _default(rel: str) -> str:
@@ -77,9 +80,6 @@ def cmd_paper(args: list[str], out=None) -> int:
     out = out or sys.stdout
     a = parse(args)
     found = select(a)
-    from treepo_lab.sweep import driver
-    from treepo_lab.sweep.spec import load_spec
-
     spec = load_spec(a.spec, sweep_args(a, found))
     status = "report-only"
     if not a.report_only:
@@ -99,7 +99,7 @@ def write_report(sweep: str, found: list[fnd.Finding], uri: str, out: Path, spec
     out.mkdir(parents=True, exist_ok=True)
     data = load(sweep=sweep, tracking_uri=uri, cache_dir=False)
     series = Series(data)
-    grouping = group_runs(data, ["treepo.experiment"])
+    grouping = group_runs(data, [EXPERIMENT_TAG])
     results = fnd.evaluate(found, series, grouping)
     budget = ", ".join(spec.overrides) if spec is not None else ""
     head = Section("What this tests", [
