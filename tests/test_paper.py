@@ -7,6 +7,7 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -87,3 +88,29 @@ def test_paper_on_a_tiny_budget(tmp_path, ws_cache, monkeypatch):
     # again: the study resumes with nothing left, no run is repeated, the report is rewritten
     assert cmd_paper(args, out=io.StringIO()) == 0
     assert len(client.search_runs([exp.experiment_id])) == len(runs)
+
+
+def _series(curves: dict[str, list[tuple[float, float, float]]]):
+    """Series from (accuracy, wall s, rollout tokens) per step for each run id."""
+    import pandas as pd
+
+    from treepo_lab.analysis.series import ACCURACY, DECODED, WALL, Series
+
+    rows = [(rid, key, step, v, step) for rid, pts in curves.items() for step, (acc, wall, tok) in enumerate(pts)
+            for key, v in ((ACCURACY, acc), (WALL, wall), (DECODED, tok))]
+    data = type("Data", (), {"metrics": pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])})
+    return Series(data)
+
+
+def test_compute_matched_differences_and_time_ratio():
+    # a learns as fast per second as b but spends half the tokens per step; both reach 0.6 at the end
+    a = {f"a{i}": [(0.2, 0, 0), (0.4 + i / 100, 10, 50), (0.6, 20, 100)] for i in range(3)}
+    b = {f"b{i}": [(0.2, 0, 0), (0.4 + i / 100, 20, 100), (0.6, 40, 200)] for i in range(3)}
+    series = _series({**a, **b})
+    budget, acc_a, acc_b = fnd.matched(series, list(a), list(b), "tokens")
+    assert budget == 100 and acc_a.tolist() == [0.6] * 3 and acc_b == pytest.approx([0.4, 0.41, 0.42])
+    ratio, level = fnd.time_ratio(series, list(a), list(b), n_boot=200)
+    assert level == pytest.approx(0.6) and ratio.mean == pytest.approx(0.5)  # 20 s of a vs 40 s of b
+    slow = {f"c{i}": [(0.2, 0, 0), (0.3, 40, 100)] for i in range(3)}
+    never, _ = fnd.time_ratio(_series({**slow, **b}), list(slow), list(b), n_boot=200)
+    assert never.mean == np.inf and fnd._ratio(never).startswith("never")

@@ -9,6 +9,7 @@ seeds resampled within each group; a run that never reaches it counts as infinit
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import yaml
 
 from treepo_lab.analysis import stats
-from treepo_lab.analysis.groups import Grouping
+from treepo_lab.analysis.groups import Group, Grouping
 from treepo_lab.analysis.series import ACCURACY, TOKENS, WALL, Series, at_budgets, first_reach
 from treepo_lab.analysis.tables import Table
 from treepo_lab.registry import ConfigError
@@ -102,28 +103,34 @@ def matched(series: Series, runs_a: list[str], runs_b: list[str], x_key: str) ->
     return float(budget[0]), at_budgets(curves_a, budget)[:, 0], at_budgets(curves_b, budget)[:, 0]
 
 
-def time_ratio(series: Series, runs_a: list[str], runs_b: list[str], n_boot: int = stats.N_BOOT,
+def time_ratio(series: Series, runs_a: list[str], runs_b: list[str], n_boot: int = 2000,
                seed: int = 0) -> tuple[stats.Interval, float]:
-    """(wall time of a to reach b's final mean accuracy / b's own, with its interval; that level)."""
-    level = float(np.nanmean([series.last(r, ACCURACY) for r in runs_b])) if runs_b else float("nan")
-    if np.isnan(level):
-        nan = float("nan")
-        return stats.Interval(nan, nan, nan, 0), nan
-    ta = np.array([first_reach(*series.paired(r, ACCURACY, WALL), level) for r in runs_a])
-    tb = np.array([first_reach(*series.paired(r, ACCURACY, WALL), level) for r in runs_b])
-    ta, tb = np.where(np.isnan(ta), np.inf, ta), np.where(np.isnan(tb), np.inf, tb)
-    point = float(ta.mean() / tb.mean()) if np.isfinite(tb.mean()) and tb.mean() > 0 else float("nan")
-    if len(ta) < 2 or len(tb) < 2 or np.isnan(point):
-        return stats.Interval(point, float("nan"), float("nan"), min(len(ta), len(tb))), level
+    """(wall time for a's seed-mean accuracy curve to reach b's final mean accuracy / b's mean training wall
+    time, with its interval; that level). The seed-mean curve, not each run: one 200-problem evaluation is
+    noisy, and half of b's own runs end below b's mean. Seeds are resampled within each group; a resample
+    whose mean curve never reaches the level gives an infinite ratio."""
+    nan = float("nan")
+    level = float(np.nanmean([series.last(r, ACCURACY) for r in runs_b])) if runs_b else nan
+    curves = [series.paired(r, ACCURACY, WALL) for r in runs_a]
+    ends_b = np.array([series.last(r, WALL) for r in runs_b])
+    if np.isnan(level) or not curves or any(not len(x) for x, _ in curves) or np.isnan(ends_b).any():
+        return stats.Interval(nan, nan, nan, 0), level
+    grid = np.linspace(0.0, min(x.max() for x, _ in curves), 200)
+    acc = at_budgets(curves, grid)  # seeds x grid
+
+    def ratio(rows_a, rows_b) -> float:
+        t = first_reach(grid, np.nanmean(acc[rows_a], axis=0), level)
+        return np.inf if np.isnan(t) else t / ends_b[rows_b].mean()
+
+    point = ratio(np.arange(len(runs_a)), np.arange(len(runs_b)))
+    if len(runs_a) < 2 or len(runs_b) < 2:
+        return stats.Interval(point, nan, nan, min(len(runs_a), len(runs_b))), level
     rng = np.random.default_rng(seed)
-    ra = ta[rng.integers(0, len(ta), (n_boot, len(ta)))].mean(axis=1)
-    rb = tb[rng.integers(0, len(tb), (n_boot, len(tb)))].mean(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = np.sort(ra / rb)
-    ratios = ratios[~np.isnan(ratios)]
+    boots = np.sort([ratio(rng.integers(0, len(runs_a), len(runs_a)), rng.integers(0, len(runs_b), len(runs_b)))
+                     for _ in range(n_boot)])
     # order statistics, not interpolation: an infinite ratio (never reached) must stay infinite, not NaN
-    lo, hi = ratios[int(0.025 * (len(ratios) - 1))], ratios[int(math.ceil(0.975 * (len(ratios) - 1)))]
-    return stats.Interval(point, float(lo), float(hi), min(len(ta), len(tb))), level
+    lo, hi = boots[int(0.025 * (n_boot - 1))], boots[int(math.ceil(0.975 * (n_boot - 1)))]
+    return stats.Interval(float(point), float(lo), float(hi), min(len(runs_a), len(runs_b))), level
 
 
 @dataclass
@@ -141,12 +148,23 @@ class FindingResult:
     missing: str = ""  # why the finding has no estimate (an experiment without finished runs)
 
 
+def _finished(g: Group | None) -> Group | None:
+    if g is None:
+        return None
+    done = [i for i, r in enumerate(g.run_ids) if r not in g.running]
+    if not done:
+        return None
+    return dataclasses.replace(g, run_ids=[g.run_ids[i] for i in done], seeds=[g.seeds[i] for i in done], running=[])
+
+
 def evaluate(findings: list[Finding], series: Series, grouping: Grouping) -> list[FindingResult]:
     out = []
     nan = float("nan")
     none = stats.Interval(nan, nan, nan, 0)
     for f in findings:
         a, b = grouping.by_label(f.experiment), grouping.by_label(f.reference)
+        # a run still in progress has a truncated curve: it would pull the matched budget down to where it is
+        a, b = (_finished(g) for g in (a, b))
         if a is None or b is None:
             gone = ", ".join(e for e, g in ((f.experiment, a), (f.reference, b)) if g is None)
             out.append(FindingResult(f, (a.n if a else 0, b.n if b else 0), nan, none, nan, none, none, nan,
@@ -180,7 +198,8 @@ def _ratio(i: stats.Interval) -> str:
 
 FINDINGS_COLUMNS = ["finding", "paper's claim", "experiment vs reference", "seeds",
                     "Δ acc. at equal rollout tokens (pp) [95% CI]",
-                    "Δ acc. at equal wall time (pp) [95% CI]", "time to ref. final acc. (ratio) [95% CI]", "verdict"]
+                    "Δ acc. at equal wall time (pp) [95% CI]", "wall time to ref. final acc. / ref. wall time [95% CI]",
+                    "verdict"]
 
 
 def findings_table(results: list[FindingResult]) -> Table:
@@ -191,8 +210,9 @@ def findings_table(results: list[FindingResult]) -> Table:
         rows.append([f.id, claim, f"{f.experiment} vs {f.reference}", f"{r.seeds[0]}/{r.seeds[1]}", _pp(r.at_tokens),
                      _pp(r.at_wall), _ratio(r.time_ratio), r.verdict + (f" ({r.missing})" if r.missing else "")])
     return Table(FINDINGS_COLUMNS, rows, "Verdict from the interval at equal rollout tokens: reproduced = it excludes 0 on "
-                 "the claimed side, refuted = on the other side, otherwise the seeds cannot separate. Time ratio < 1: the "
-                 "experiment reaches the reference's final accuracy sooner (never = some seed never reaches it).")
+                 "the claimed side, refuted = on the other side, otherwise the seeds cannot separate. Time ratio: wall time for "
+                 "the experiment's seed-mean accuracy to reach the reference's final mean accuracy, over the reference's "
+                 "training wall time (< 1: sooner; never: not within the experiment's own training).")
 
 
 def power_table(results: list[FindingResult]) -> Table:
@@ -203,7 +223,7 @@ def power_table(results: list[FindingResult]) -> Table:
         have = min(r.seeds)
         advice = ("separated" if r.verdict != "seeds cannot separate" else
                   "n/a" if np.isnan(n) else "more seeds would not help (no effect)" if n == np.inf or n > 200 else
-                  f"add {max(0, int(n) - have)} seeds per experiment")
+                  f"add {max(0, int(n) - have)} seed(s) per experiment")
         rows.append([r.finding.id, _pp(r.at_tokens), str(have), need, advice])
     return Table(["finding", "Δ at equal tokens (pp)", "seeds now", "seeds needed for 95%", "advice"], rows,
                  "Seeds needed = n x (half-width of the 95% bootstrap interval / |observed difference|)^2: the interval "
