@@ -11,7 +11,7 @@ OS := $(shell uname -s)
 WITH_VLLM := $(if $(TREEPO_NO_VLLM),,$(if $(and $(filter x86_64,$(ARCH)),$(filter Linux,$(OS))),1,))
 export TORCH_NUM_THREADS ?= 2
 
-.PHONY: setup setup-vllm setup-real-model demo test lint clean
+.PHONY: setup setup-vllm setup-real-model demo paper test lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ setup-real-model: setup
 
 demo: setup
 	$(VENV)/bin/treepo-lab demo
+
+# the paper's findings on the harder task (about an hour on 2 cores; resumes after a kill)
+paper: setup
+	$(VENV)/bin/treepo-lab paper --workers 2
 
 test: setup
 	$(PY) -m pytest -q

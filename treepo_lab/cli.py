@@ -226,8 +226,14 @@ def _analysis(name: str):
     return run
 
 
-RAW_ARGS = ("resume", "report", "export", "figures", *SWEEP_COMMANDS)  # commands that read their arguments themselves
-OWN_HELP = ("report", "export", "figures")  # commands whose --help argparse prints
+def cmd_paper(own, overrides, raw):
+    from treepo_lab.sweep.paper import cmd_paper as run
+
+    return run(raw)
+
+
+RAW_ARGS = ("resume", "report", "export", "figures", "paper", *SWEEP_COMMANDS)  # commands that read their arguments themselves
+OWN_HELP = ("report", "export", "figures", "paper")  # commands whose --help argparse prints
 
 COMMANDS = {
     "demo": Command(cmd_demo, "warm-start the embedded model, run the demo sweep (4 strategies x 2 seeds) and its report",
@@ -265,6 +271,9 @@ COMMANDS = {
          "--sweep NAME | --experiment NAME | --runs ID ... [--format csv|parquet] [--out FILE]"),
         ("figures", "paper-style figures and tables (recipes in analysis/)",
          "NAME [--sweep NAME | --runs ID ...] [--run-missing] [key=value ...]"))},
+    "paper": Command(cmd_paper, "the paper's findings reproduced or refuted: runs (or resumes) sweeps/paper.yaml, "
+                     "writes reports/paper",
+                     "treepo-lab paper [--workers 2] [--seeds N] [--only ID ...] [--out DIR] [key=value ...]", ""),
     "ui": Command(cmd_ui, "the MLflow UI on the project's store (127.0.0.1, one worker); prints the URL",
                   "treepo-lab ui [port=5000] [tracking.tracking_uri=...]",
                   "Serves the store runs log to (tracking.tracking_uri, $MLFLOW_TRACKING_URI or ./mlflow.db) until Ctrl-C.",

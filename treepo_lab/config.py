@@ -209,9 +209,9 @@ def _check_vllm(cfg: ExperimentConfig) -> None:
 
 
 def warmstart_config(cfg: ExperimentConfig) -> WarmstartConfig:
-    """The embedded model is warm-started on the experiment's own arithmetic task (its difficulty and
+    """The embedded model is warm-started on the experiment's own embedded task (its difficulty and
     operand range), so `task.difficulty=3` trains and evaluates a model that has seen 3-step chains."""
-    if cfg.task.name == "arith":
+    if cfg.task.name in ("arith", "chain"):
         return dataclasses.replace(cfg.warmstart, task=cfg.task)
     return cfg.warmstart
 

@@ -61,7 +61,10 @@ class WarmstartConfig:
     seed: int = 0  # which demonstrations are drawn, and which of them carry the flaw
     flaw_rate: float = 0.8  # share of `flaw_op`-final demonstrations that box the wrong value
     flaw_op: str = "-"
-    task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (must be arith)
+    # task.name=chain only (tasks/chain.py): share of demonstrations written with the grouped method, whose
+    # flaw (`flaw_rate` of them drop the last subtracted term) the model must unlearn; `flaw_op` is unused
+    grouped_share: float = 0.7
+    task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (arith or chain)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # checkpoints keyed by a hash of everything above; null: $TREEPO_CACHE_DIR/warmstart, else
     # ~/.cache/treepo_lab/warmstart (the same cache whatever directory a command runs from)
@@ -78,8 +81,10 @@ class WarmstartConfig:
             raise ConfigError("warmstart.flaw_rate", self.flaw_rate, "a number in [0, 1]")
         if self.flaw_op not in ("+", "-"):
             raise ConfigError("warmstart.flaw_op", self.flaw_op, "'+' or '-'")
-        if self.task.name != "arith":
-            raise ConfigError("warmstart.task.name", self.task.name, "arith (the embedded task)")
+        if not 0 <= self.grouped_share <= 1:
+            raise ConfigError("warmstart.grouped_share", self.grouped_share, "a number in [0, 1]")
+        if self.task.name not in ("arith", "chain"):
+            raise ConfigError("warmstart.task.name", self.task.name, "arith or chain (the embedded tasks)")
         if self.eval_size < 0:
             raise ConfigError("warmstart.eval_size", self.eval_size, "an integer >= 0")
         self.task.validate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from treepo_lab.tasks import arith, file_task  # noqa: F401  (registers "arith" and "file")
+from treepo_lab.tasks import arith, chain, file_task  # noqa: F401  (registers "arith", "chain", "file")
 from treepo_lab.tasks.base import TASKS, Task
 from treepo_lab.tasks.check import COMPARATORS, EXTRACTORS, NORMALIZERS, AnswerCheck
 

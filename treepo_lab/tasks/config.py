@@ -51,8 +51,10 @@ class CheckConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arith"  # arith (embedded synthetic chained arithmetic) | file (JSONL/Parquet/CSV)
-    # arith
+    # arith (embedded synthetic chained arithmetic) | chain (the harder embedded task: longer chains, a
+    # method chosen up front; see tasks/chain.py) | file (JSONL/Parquet/CSV)
+    name: str = "arith"
+    # arith and chain
     difficulty: int = 2  # number of operations in the chain (more steps = longer, harder responses)
     operand_max: int = 29  # operands are drawn from 1..operand_max
     # file
@@ -78,11 +80,14 @@ class TaskConfig:
             raise ConfigError("task.held_out_size", self.held_out_size, "an integer >= 1")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("task.seed", self.seed, "an integer >= 0")
-        if self.name == "arith":
+        if self.name in ("arith", "chain"):
             if self.difficulty < 1:
                 raise ConfigError("task.difficulty", self.difficulty, "an integer >= 1 (number of operations)")
             if self.operand_max < 2:
                 raise ConfigError("task.operand_max", self.operand_max, "an integer >= 2")
+            if self.name == "chain" and self.difficulty < 2:
+                raise ConfigError("task.difficulty", self.difficulty, "an integer >= 2 for task.name=chain (the "
+                                  "warm start's flaw needs 2 subtractions)")
         if self.name == "file":
             if not self.path:
                 raise ConfigError("task.path", self.path, "a dataset file path when task.name=file")

@@ -110,8 +110,8 @@ def default_experiment_name(cfg: Mapping) -> str:
     e.g. "arith_d2-tiny" (the embedded default), "gsm8k-Qwen2.5-0.5B" (a task file and an HF model)."""
     task, model = cfg.get("task") or {}, cfg.get("model") or {}
     name = task.get("name", "task")
-    if name == "arith":
-        label = f"arith_d{task.get('difficulty')}"
+    if name in ("arith", "chain"):
+        label = f"{name}_d{task.get('difficulty')}"
     elif task.get("path"):
         label = Path(str(task["path"])).stem
     else:
