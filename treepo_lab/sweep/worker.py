@@ -24,6 +24,7 @@ from treepo_lab.sweep import mlflow_runs as mr
 from treepo_lab.sweep import storage as sto
 from treepo_lab.sweep import study as st
 from treepo_lab.sweep.trial import TrialContext, run_trial
+from treepo_lab.train import interrupt
 
 
 def quiet() -> None:
@@ -103,7 +104,7 @@ def work(study_name: str, storage_url: str, worker_index: int = 0, threads: int 
 
         torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored even if started in the background
+    interrupt.install()  # not ignored even if started in the background, and never dropped
     study, spec = st.load_for_worker(study_name, sto.open_storage(storage_url), worker_index)
     uri = tracking_uri or study.user_attrs[st.URI_ATTR]
     retry = sto.CloseRunsAndRetry(spec.max_retry, mr.close_dead_trial(uri, spec.name, spec.name))

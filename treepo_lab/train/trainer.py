@@ -42,7 +42,7 @@ from treepo_lab.seeding import derive_seed, seed_everything
 from treepo_lab.tasks.build import build_task
 from treepo_lab.track.null import NULL_TRACKER
 from treepo_lab.train import checkpoint as ckpt
-from treepo_lab.train import distributed
+from treepo_lab.train import distributed, interrupt
 from treepo_lab.train.evaluate import evaluate
 from treepo_lab.train.metrics import batch_metrics, rollout_step_metrics
 from treepo_lab.train.progress import StepProgress, eval_progress
@@ -146,6 +146,7 @@ class Trainer:
         start = time.perf_counter() - self.wall_s
         with StepProgress(tc.steps, initial=self.step, enabled=self._progress) as bar:
             while self.step < tc.steps and not (tc.max_wall_s > 0 and self.wall_s >= tc.max_wall_s):
+                interrupt.check()
                 metrics = self.train_step(self.step)
                 self.step += 1
                 if metrics.get("train/skipped"):
