@@ -86,6 +86,9 @@ def main(argv=None) -> dict:
                     "(default: the project's cached warm start)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    from treepo_lab.cli_output import configure_output
+
+    configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="report-bench-"))
     t = time.perf_counter()
