@@ -4,6 +4,10 @@ Greedy evaluation (temperature 0) samples with top_k=1, i.e. argmax decoding thr
 and sampler, so its compute is counted the same way as training rollouts. Responses are scored with the
 same time limit as training (algo/scoring.py): a verifier that raises or hangs scores the response
 wrong, counted in eval/reward_errors and eval/reward_timeouts.
+
+Across ranks (trainer.nproc > 1) the chunks of `eval.batch_size` problems are dealt round-robin, each
+sampled with the seed it has in one process (seed + its first index), and the records gathered back in
+order: the numbers are those of one process, for 1/N of the work per rank.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
 from treepo_lab.tasks.check import AnswerCheck
 from treepo_lab.train.config import EvalConfig
+from treepo_lab.train.distributed import SINGLE, World
 
 
 def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
@@ -53,33 +58,38 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, floa
 
 
 def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: SamplerConfig, encode, decode,
-             seed: int = 0, progress=None, *, reward_timeout_s: float) -> tuple[dict, list[dict]]:
-    """Score `problems`; returns (metrics, per-problem records with sample outputs)."""
+             seed: int = 0, progress=None, *, reward_timeout_s: float, world: World = SINGLE) -> tuple[dict, list[dict]]:
+    """Score `problems` (this rank's chunks of them; every rank gets every record back); returns (metrics,
+    per-problem records with sample outputs)."""
     with Scorer(task, decode, reward_timeout_s) as scorer:
-        return _evaluate(engine, tokenizer, scorer, problems, ev, sampler, encode, decode, seed, progress)
+        return _evaluate(engine, tokenizer, scorer, problems, ev, sampler, encode, decode, seed, progress, world)
 
 
-def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, decode, seed, progress):
+def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, decode, seed, progress, world):
     scfg = eval_sampler_config(sampler, ev)
     smp = build_sampler(scfg, engine, decode, tokenizer.eos_token_id)
     before = engine.counters.snapshot()
     t0 = time.perf_counter()
-    records = []
-    for start in range(0, len(problems), ev.batch_size):
+    mine = []  # (first index, records) of this rank's chunks
+    for start in list(range(0, len(problems), ev.batch_size))[world.rank :: world.size]:
         chunk = problems[start : start + ev.batch_size]
         result = smp.rollout([encode(p.prompt) for p in chunk], seed=seed + start)
+        mine.append((start, []))
         for prob, tree in zip(chunk, result.trees):
             texts = scorer.texts(tree)
             correct = [scorer.correct(t, prob) for t in texts]
-            records.append({
+            mine[-1][1].append({
                 "id": prob.id, "prompt": prob.prompt, "answer": prob.answer, "responses": texts,
                 "correct": correct, "length": [len(tree.response_tokens(lf)) for lf in tree.leaves],
                 "maj_correct": scorer.call(majority_correct, texts, prob.answer, scorer.task.check, default=False),
             })
         if progress is not None:
-            progress(len(chunk))
-    wall = time.perf_counter() - t0
+            progress(len(chunk) * world.size)  # (rank 0's bar: the others advance alike)
     used = engine.counters.since(before)
+    gathered = world.all_gather((mine, used.decoded_tokens, used.prefill_tokens, scorer.errors, scorer.timeouts))
+    wall = time.perf_counter() - t0
+    records = [r for _, rs in sorted((c for g in gathered for c in g[0]), key=lambda c: c[0]) for r in rs]
+    decoded, prefill, errors, timeouts = (sum(g[i] for g in gathered) for i in range(1, 5))
     k = ev.k
     acc = [float(np.mean(r["correct"])) if r["correct"] else 0.0 for r in records]
     metrics = {
@@ -88,12 +98,12 @@ def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, 
         f"eval/maj_at_{k}": float(np.mean([r["maj_correct"] for r in records])),
         "eval/accuracy": float(np.mean(acc)),
         "eval/response_length": float(np.mean([np.mean(r["length"]) for r in records if r["length"]] or [0])),
-        "eval/decoded_tokens": used.decoded_tokens,
-        "eval/prefill_tokens": used.prefill_tokens,
+        "eval/decoded_tokens": decoded,
+        "eval/prefill_tokens": prefill,
         "eval/wall_s": wall,
         "eval/n_problems": len(records),
-        "eval/reward_errors": scorer.errors,
-        "eval/reward_timeouts": scorer.timeouts,
+        "eval/reward_errors": errors,
+        "eval/reward_timeouts": timeouts,
     }
     lo, hi = bootstrap_ci(acc)
     metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = lo, hi

@@ -286,7 +286,8 @@ class Trainer:
         with eval_progress(len(problems), enabled=self._progress) as bar:
             return evaluate(self.engine, self.tokenizer, self.task, problems, self.cfg.eval, self.cfg.sampler,
                             self.encode, self.decode, seed=derive_seed(self.cfg.seed, self.step, _EVAL),
-                            reward_timeout_s=self.cfg.trainer.reward_timeout_s, progress=bar.update)
+                            reward_timeout_s=self.cfg.trainer.reward_timeout_s, progress=bar.update,
+                            world=self.world)
 
     def _eval_and_log(self) -> None:
         self._last_eval_step = self.step
