@@ -13,7 +13,8 @@ Each method runs with tree packing of the policy update on (`trainer.packing=tre
 checks that TreePO's step gets >= 25% faster with packing while its accuracy stays inside the unpacked
 run's interval.
 
-    python benchmarks/learning.py            # 5 seeds x 3 methods x 2 packings (over 2 hours on 2 cores)
+    python benchmarks/learning.py            # 5 seeds x 3 methods x 2 packings, 60 steps
+    python benchmarks/learning.py --steps 24 --eval-problems 500 --packing tree   # 5 seeds: 5 min measured
     python benchmarks/learning.py --quick    # 1 seed
     python benchmarks/learning.py --quick --steps 20 --eval-problems 500 --methods grpo treepo   # shortened
     python benchmarks/learning.py --packing tree   # packing on only (the accuracy table as before)
