@@ -74,11 +74,12 @@ def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, 
     for start in list(range(0, len(problems), ev.batch_size))[world.rank :: world.size]:
         chunk = problems[start : start + ev.batch_size]
         result = smp.rollout([encode(p.prompt) for p in chunk], seed=seed + start)
-        mine.append((start, []))
+        chunk_records = []
+        mine.append((start, chunk_records))
         for prob, tree in zip(chunk, result.trees):
             texts = scorer.texts(tree)
             correct = [scorer.correct(t, prob) for t in texts]
-            mine[-1][1].append({
+            chunk_records.append({
                 "id": prob.id, "prompt": prob.prompt, "answer": prob.answer, "responses": texts,
                 "correct": correct, "length": [len(tree.response_tokens(lf)) for lf in tree.leaves],
                 "maj_correct": scorer.call(majority_correct, texts, prob.answer, scorer.task.check, default=False),
@@ -86,10 +87,11 @@ def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, 
         if progress is not None:
             progress(len(chunk) * world.size)  # (rank 0's bar: the others advance alike)
     used = engine.counters.since(before)
-    gathered = world.all_gather((mine, used.decoded_tokens, used.prefill_tokens, scorer.errors, scorer.timeouts))
+    gathered = world.all_gather((mine, (used.decoded_tokens, used.prefill_tokens, scorer.errors, scorer.timeouts)))
     wall = time.perf_counter() - t0
-    records = [r for _, rs in sorted((c for g in gathered for c in g[0]), key=lambda c: c[0]) for r in rs]
-    decoded, prefill, errors, timeouts = (sum(g[i] for g in gathered) for i in range(1, 5))
+    chunks = sorted((c for rank_chunks, _ in gathered for c in rank_chunks), key=lambda c: c[0])
+    records = [r for _, chunk_records in chunks for r in chunk_records]
+    decoded, prefill, errors, timeouts = (int(x) for x in np.sum([counts for _, counts in gathered], axis=0))
     k = ev.k
     acc = [float(np.mean(r["correct"])) if r["correct"] else 0.0 for r in records]
     metrics = {
