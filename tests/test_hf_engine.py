@@ -12,7 +12,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
-from treepo_lab.engines import build_engine, hf, kv
+from treepo_lab.engines import build_engine, draws, kv
 from treepo_lab.engines.base import Engine, SamplingParams, SegmentRequest
 from treepo_lab.engines.hf import HFEngine
 from treepo_lab.engines.logprobs import sequence_stats
@@ -331,8 +331,8 @@ def test_release_and_load_weights(model):
 
 def test_sampler_follows_the_distribution():
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(50_000, 1)
-    u = hf.uniforms(torch.arange(len(probs)), 3)
-    freq = torch.bincount(hf._sample(probs, u), minlength=6).float() / len(probs)
+    u = draws.uniforms(torch.arange(len(probs)), 3)
+    freq = torch.bincount(draws.sample(probs, u), minlength=6).float() / len(probs)
     assert freq[[0, 2, 5]].sum() == 0  # filtered tokens are never drawn
     assert torch.allclose(freq, probs[0], atol=0.01)
 

@@ -33,12 +33,14 @@ def derive_seed(*keys: int) -> int:
 
 
 _M64 = (1 << 64) - 1
+# splitmix64's increment and multipliers (also the HF engine's per-token draws, engines/draws.py)
+SPLITMIX_GOLDEN, SPLITMIX_MIX1, SPLITMIX_MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
 def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    x = (x + SPLITMIX_GOLDEN) & _M64
+    x = ((x ^ (x >> 30)) * SPLITMIX_MIX1) & _M64
+    x = ((x ^ (x >> 27)) * SPLITMIX_MIX2) & _M64
     return x ^ (x >> 31)
 
 
