@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from treepo_lab.analysis import recipes
+from treepo_lab.analysis import recipes, runs_table
 from treepo_lab.analysis.runset import export, load
 from treepo_lab.analysis.report import build_report
 
@@ -34,19 +34,28 @@ def _select_kwargs(a) -> dict:
 def cmd_report(args: list[str]) -> None:
     p = argparse.ArgumentParser(prog="treepo-lab report", description="Comparison report: report.md, a "
                                 "self-contained report.html and every figure as PNG + PDF.")
-    _selection(p)
+    _selection(p, required=False)  # or --from-csv
     p.add_argument("--group-by", metavar="KEY", nargs="+", help="tags/params to group runs by "
                    "(default: the sweep's trials, else treepo.strategy or treepo.experiment)")
     p.add_argument("--baseline", metavar="GROUP", help="the group others are compared against "
                    "(default: the sequential-sampling group)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<name>/)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    p.add_argument("--from-csv", metavar="RUNS_CSV", help="rebuild the report from the runs.csv a report wrote "
+                   "(held-out curves and their costs; no MLflow store needed)")
     a = p.parse_args(args)
     kw = _select_kwargs(a)
+    chosen = [k for k in ("sweep", "experiment", "run_ids", "filter_string") if kw[k]]
+    if bool(chosen) == bool(a.from_csv):
+        p.error("one of the arguments --sweep --experiment --runs --filter --from-csv is required")
+    data = None
+    if a.from_csv:
+        table = runs_table.read(a.from_csv)
+        data = runs_table.to_runset(table, Path(a.from_csv).parent.name or "runs", f"`{Path(a.from_csv).name}`")
     res = build_report(sweep=kw["sweep"], experiment=kw["experiment"], runs=kw["run_ids"],
                        filter_string=kw["filter_string"], tracking_uri=kw["tracking_uri"], group_by=a.group_by,
                        baseline=a.baseline, out_dir=a.out, log_to_parent=not a.no_log, cache_dir=kw["cache_dir"],
-                       progress=True)
+                       progress=True, data=data)
     print(f"report: {res.markdown}\n        {res.html}  ({len(res.figures) // 2} figures as PNG + PDF in "
           f"{res.out_dir / 'figures'})")
     print(f"groups: {', '.join(res.groups) or 'none'}")

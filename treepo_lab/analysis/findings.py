@@ -1,31 +1,40 @@
-"""The paper's findings (analysis/findings.yaml) tested on runs: compute-matched differences with 95%
-bootstrap intervals over seeds, a verdict read from the interval, and the seeds a separation would need.
+"""The paper's findings (analysis/findings.yaml) tested on the runs table: two endpoints per claim, paired
+statistics, a verdict from the claim's type, preconditions checked before any verdict.
 
-Compute matching: every run's held-out accuracy curve is interpolated at the largest budget that every run
-of the two groups reached (rollout tokens = decoded + prefill; wall time), so the comparison never credits a
-method for having been given more compute. Time-to-accuracy: the wall time each run of the experiment needs
-to reach the reference's final mean accuracy, over the reference's own time to reach it (a ratio of means,
-seeds resampled within each group; a run that never reaches it counts as infinitely slow).
+A finding says `experiment <relation> reference`: `>` is a superiority claim, `>=` a non-inferiority claim
+with a declared `margin` (accuracy, e.g. 0.02 = 2 pp). The verdict reads the per-update endpoint (accuracy
+difference over the last quarter of the steps, analysis/endpoints.py) with the claim's one-sided test at
+2.5% (the bounds of the two-sided 95% interval), Holm-adjusted across the findings of one report:
+    superior      the difference is > 0 (for `>=` claims too, tested after non-inferiority holds)
+    non-inferior  (`>=` only) the difference is > -margin
+    inferior      the 95% interval lies below 0 (`>`) or below -margin (`>=`): the claim is refuted
+    cannot separate  none of these
+    not tested    a precondition failed: no finished runs, the intervention never fired (`fires:`),
+                  identical configs, arms that differ in knobs the finding does not name, mixed run sets
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
-from treepo_lab.analysis import stats
-from treepo_lab.analysis.groups import Group, Grouping
-from treepo_lab.analysis.series import ACCURACY, TOKENS, WALL, Series, at_budgets, first_reach
-from treepo_lab.analysis.tables import Table
+from treepo_lab.analysis import endpoints as ep
+from treepo_lab.analysis import inference as inf
+from treepo_lab.analysis.runs_table import FIRES, KNOB
 from treepo_lab.registry import ConfigError
 
-DIRECTIONS = ("higher", "lower")
-VERDICTS = ("reproduced", "refuted", "seeds cannot separate")
-FIELDS = ("id", "claim", "experiment", "reference", "direction")
+RELATIONS = (">", ">=")
+VERDICTS = ("superior", "non-inferior", "inferior", "cannot separate", "not tested")
+FIELDS = ("id", "claim", "experiment", "reference", "relation", "margin", "knobs", "fires", "where")
+REQUIRED = ("id", "claim", "experiment", "reference", "relation", "knobs")
+# per-step counters that show an intervention happened (rollout/accounting.py names them)
+FIRE_METRICS = ("tree/fallback_count", "train/prompt_fallback_ratio", "rollout/pruned", "rollout/dropped_short",
+                "train/skipped")
+ALPHA_ONE_SIDED = 0.025
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,61 @@ class Finding:
     claim: str
     experiment: str
     reference: str
-    direction: str  # the claimed sign of experiment - reference: higher | lower
+    relation: str  # > superiority | >= non-inferiority
+    knobs: tuple[str, ...]  # the config keys the claim is about: the arms may differ in these only
+    margin: float | None = None  # >=: the loss of accuracy still called non-inferior (0.02 = 2 pp)
+    fires: str | None = None  # a per-step metric that must be > 0 in the experiment's runs
+    where: tuple[tuple[str, str], ...] = ()  # knob = value: the runs both arms are taken from
+
+    @property
+    def threshold(self) -> float:
+        return -self.margin if self.relation == ">=" else 0.0
+
+
+def _check(i: int, item, known: list[str] | None) -> Finding:
+    where = f"findings[{i}]"
+    if not isinstance(item, dict):
+        raise ConfigError(where, item, f"a mapping with keys {', '.join(REQUIRED)} (and optionally margin, fires, where)")
+    extra = sorted(set(item) - set(FIELDS))
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}", item[extra[0]], f"one of the keys {', '.join(FIELDS)}")
+    for key in ("id", "claim", "experiment", "reference"):
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise ConfigError(f"{where}.{key}", item.get(key), "a non-empty string")
+    for key in ("experiment", "reference"):
+        if known is not None and item[key] not in known:
+            raise ConfigError(f"{where}.{key}", item[key], f"a registry experiment: {', '.join(known)}")
+    rel = item.get("relation")
+    if rel not in RELATIONS:
+        raise ConfigError(f"{where}.relation", rel, "'>' (superiority) or '>=' (non-inferiority, with a margin); "
+                          "quote it in YAML")
+    margin = item.get("margin")
+    if rel == ">=" and margin is None:
+        raise ConfigError(f"{where}.margin", None, "a margin > 0 for a '>=' claim (the accuracy loss still called "
+                          "non-inferior, e.g. 0.02 = 2 pp)")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0
+                               or margin >= 1):
+        raise ConfigError(f"{where}.margin", margin, "a number in (0, 1): an accuracy difference, e.g. 0.02 = 2 pp")
+    if rel == ">" and margin is not None:
+        raise ConfigError(f"{where}.margin", margin, "no margin for a '>' claim (superiority has none); use '>='")
+    knobs = item.get("knobs")
+    if not isinstance(knobs, list) or not knobs or not all(isinstance(k, str) and k for k in knobs):
+        raise ConfigError(f"{where}.knobs", knobs, "a non-empty list of the config keys the arms differ in "
+                          "(e.g. [advantage.estimator])")
+    fires = item.get("fires")
+    if fires is not None and fires not in FIRE_METRICS:
+        raise ConfigError(f"{where}.fires", fires, f"a per-step metric: {', '.join(FIRE_METRICS)}")
+    sel = item.get("where") or {}
+    if not isinstance(sel, dict) or not all(v is None or isinstance(v, (str, int, float, bool)) for v in sel.values()):
+        raise ConfigError(f"{where}.where", sel, "a mapping {config key: value} selecting the runs of both arms")
+    return Finding(item["id"], item["claim"], item["experiment"], item["reference"], rel, tuple(knobs),
+                   None if margin is None else float(margin), fires,
+                   tuple((str(k), _spelling(v)) for k, v in sel.items()))
+
+
+def _spelling(v) -> str:
+    """A value as the runs' params spell it (YAML: true, 0.5, null)."""
+    return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def load_findings(path: str | Path, known_experiments: list[str] | None = None) -> list[Finding]:
@@ -42,29 +105,20 @@ def load_findings(path: str | Path, known_experiments: list[str] | None = None) 
     p = Path(path)
     if not p.is_file():
         raise ConfigError("findings", str(path), "an existing YAML file (e.g. analysis/findings.yaml)")
-    raw = yaml.safe_load(p.read_text()) or {}
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        raise ConfigError("findings", str(path), "valid YAML" + (f" (error on line {line + 1})" if line is not None
+                                                                 else "")) from None
     items = raw.get("findings") if isinstance(raw, dict) else None
     if not isinstance(items, list) or not items:
         raise ConfigError("findings", str(path), "a YAML file with a non-empty list under `findings:`")
-    out, seen = [], set()
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ConfigError(f"findings[{i}]", item, f"a mapping with keys {', '.join(FIELDS)}")
-        for key in FIELDS:
-            if not isinstance(item.get(key), str) or not item[key].strip():
-                raise ConfigError(f"findings[{i}].{key}", item.get(key), "a non-empty string")
-        extra = sorted(set(item) - set(FIELDS))
-        if extra:
-            raise ConfigError(f"findings[{i}].{extra[0]}", item[extra[0]], f"one of the keys {', '.join(FIELDS)}")
-        if item["direction"] not in DIRECTIONS:
-            raise ConfigError(f"findings[{i}].direction", item["direction"], f"one of {', '.join(DIRECTIONS)}")
-        for key in ("experiment", "reference"):
-            if known_experiments is not None and item[key] not in known_experiments:
-                raise ConfigError(f"findings[{i}].{key}", item[key], f"a registry experiment: {', '.join(known_experiments)}")
-        if item["id"] in seen:
-            raise ConfigError(f"findings[{i}].id", item["id"], "an id not used by another finding")
-        seen.add(item["id"])
-        out.append(Finding(**{k: item[k] for k in FIELDS}))
+    out = [_check(i, item, known_experiments) for i, item in enumerate(items)]
+    ids = [f.id for f in out]
+    dup = next((x for x in ids if ids.count(x) > 1), None)
+    if dup:
+        raise ConfigError(f"findings[{ids.index(dup, ids.index(dup) + 1)}].id", dup, "an id not used by another finding")
     return out
 
 
@@ -73,158 +127,196 @@ def experiments_of(findings: list[Finding]) -> list[str]:
     return list(dict.fromkeys(e for f in findings for e in (f.experiment, f.reference)))
 
 
-def verdict(diff: stats.Interval, direction: str) -> str:
-    """From the 95% interval alone: which side of 0 it lies on, if it excludes 0."""
-    if np.isnan(diff.low) or np.isnan(diff.high) or diff.low <= 0 <= diff.high:
-        return "seeds cannot separate"
-    higher = diff.low > 0
-    return "reproduced" if higher == (direction == "higher") else "refuted"
+def fire_metrics(findings: list[Finding]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(f.fires for f in findings if f.fires))
 
 
-def seeds_needed(diff: stats.Interval) -> float:
-    """Seeds per group for the 95% interval to exclude 0, if the observed difference held: the interval's
-    half-width shrinks as 1/sqrt(n), so n * (half-width / |difference|)^2 (inf without a difference)."""
-    if np.isnan(diff.low) or diff.n < 2:
-        return float("nan")
-    half = (diff.high - diff.low) / 2
-    if diff.mean == 0:
-        return float("inf")
-    return float(max(2, math.ceil(diff.n * (half / abs(diff.mean)) ** 2)))
-
-
-def matched(series: Series, runs_a: list[str], runs_b: list[str], x_key: str) -> tuple[float, np.ndarray, np.ndarray]:
-    """(budget, accuracy of each run of a at it, the same for b): the largest budget every run reached."""
-    curves_a = [series.paired(r, ACCURACY, x_key) for r in runs_a]
-    curves_b = [series.paired(r, ACCURACY, x_key) for r in runs_b]
-    ends = [x.max() for x, _ in curves_a + curves_b if len(x)]
-    if not ends or any(not len(x) for x, _ in curves_a + curves_b):
-        return float("nan"), np.array([]), np.array([])
-    budget = np.array([min(ends)])
-    return float(budget[0]), at_budgets(curves_a, budget)[:, 0], at_budgets(curves_b, budget)[:, 0]
-
-
-def time_ratio(series: Series, runs_a: list[str], runs_b: list[str], n_boot: int = 2000,
-               seed: int = 0) -> tuple[stats.Interval, float]:
-    """(wall time for a's seed-mean accuracy curve to reach b's final mean accuracy / b's mean training wall
-    time, with its interval; that level). The seed-mean curve, not each run: one 200-problem evaluation is
-    noisy, and half of b's own runs end below b's mean. Seeds are resampled within each group; a resample
-    whose mean curve never reaches the level gives an infinite ratio."""
-    nan = float("nan")
-    level = float(np.nanmean([series.last(r, ACCURACY) for r in runs_b])) if runs_b else nan
-    curves = [series.paired(r, ACCURACY, WALL) for r in runs_a]
-    ends_b = np.array([series.last(r, WALL) for r in runs_b])
-    if np.isnan(level) or not curves or any(not len(x) for x, _ in curves) or np.isnan(ends_b).any():
-        return stats.Interval(nan, nan, nan, 0), level
-    grid = np.linspace(0.0, min(x.max() for x, _ in curves), 200)
-    acc = at_budgets(curves, grid)  # seeds x grid
-
-    def ratio(rows_a, rows_b) -> float:
-        t = first_reach(grid, np.nanmean(acc[rows_a], axis=0), level)
-        return np.inf if np.isnan(t) else t / ends_b[rows_b].mean()
-
-    point = ratio(np.arange(len(runs_a)), np.arange(len(runs_b)))
-    if len(runs_a) < 2 or len(runs_b) < 2:
-        return stats.Interval(point, nan, nan, min(len(runs_a), len(runs_b))), level
-    rng = np.random.default_rng(seed)
-    boots = np.sort([ratio(rng.integers(0, len(runs_a), len(runs_a)), rng.integers(0, len(runs_b), len(runs_b)))
-                     for _ in range(n_boot)])
-    # order statistics, not interpolation: an infinite ratio (never reached) must stay infinite, not NaN
-    lo, hi = boots[int(0.025 * (n_boot - 1))], boots[int(math.ceil(0.975 * (n_boot - 1)))]
-    return stats.Interval(float(point), float(lo), float(hi), min(len(runs_a), len(runs_b))), level
-
-
+# ---- one finding ---------------------------------------------------------------------------------------
 @dataclass
 class FindingResult:
     finding: Finding
-    seeds: tuple[int, int]  # runs of experiment, reference
-    tokens_budget: float
-    at_tokens: stats.Interval  # accuracy difference at equal rollout tokens (the verdict's interval)
-    wall_budget: float
-    at_wall: stats.Interval  # accuracy difference at equal wall time
-    time_ratio: stats.Interval  # wall time to the reference's final accuracy, experiment / reference
-    level: float
-    verdict: str
-    seeds_needed: float
-    missing: str = ""  # why the finding has no estimate (an experiment without finished runs)
+    runs: tuple[int, int]  # finished runs of experiment, reference
+    endpoints: ep.Endpoints | None
+    p: float = float("nan")  # one-sided p of the claim's test, unadjusted
+    p_holm: float = float("nan")
+    verdict: str = "not tested"
+    compute_verdict: str = "not tested"  # on the tokens-to-80%-of-gain ratio: superior = fewer tokens
+    reason: str = ""  # why not tested
+    notes: list[str] = field(default_factory=list)
+    strata: dict[str, ep.Endpoints] = field(default_factory=dict)  # per warm start, when there are several
+    fired: str = ""  # how often the intervention fired
 
 
-def _finished(g: Group | None) -> Group | None:
-    if g is None:
-        return None
-    done = [i for i, r in enumerate(g.run_ids) if r not in g.running]
-    if not done:
-        return None
-    return dataclasses.replace(g, run_ids=[g.run_ids[i] for i in done], seeds=[g.seeds[i] for i in done], running=[])
-
-
-def evaluate(findings: list[Finding], series: Series, grouping: Grouping) -> list[FindingResult]:
-    out = []
-    nan = float("nan")
-    none = stats.Interval(nan, nan, nan, 0)
-    for f in findings:
-        a, b = grouping.by_label(f.experiment), grouping.by_label(f.reference)
-        # a run still in progress has a truncated curve: it would pull the matched budget down to where it is
-        a, b = (_finished(g) for g in (a, b))
-        if a is None or b is None:
-            gone = ", ".join(e for e, g in ((f.experiment, a), (f.reference, b)) if g is None)
-            out.append(FindingResult(f, (a.n if a else 0, b.n if b else 0), nan, none, nan, none, none, nan,
-                                     "seeds cannot separate", nan, f"no finished runs of {gone}"))
+def _rows(table: pd.DataFrame, f: Finding, experiment: str) -> pd.DataFrame:
+    rows = table[table["experiment"] == experiment]
+    for key, value in f.where:
+        col = KNOB + key
+        if col not in rows.columns:  # the key is the same in every run: it selects all or nothing
             continue
-        tb, acc_a, acc_b = matched(series, a.run_ids, b.run_ids, TOKENS)
-        wb, wall_a, wall_b = matched(series, a.run_ids, b.run_ids, WALL)
-        at_tokens = stats.compare(acc_a, acc_b).diff if len(acc_a) else none
-        at_wall = stats.compare(wall_a, wall_b).diff if len(wall_a) else none
-        ratio, level = time_ratio(series, a.run_ids, b.run_ids)
-        out.append(FindingResult(f, (a.n, b.n), tb, at_tokens, wb, at_wall, ratio, level,
-                                 verdict(at_tokens, f.direction), seeds_needed(at_tokens)))
+        rows = rows[rows[col].astype(str) == value]
+    return rows
+
+
+def preconditions(f: Finding, exp: pd.DataFrame, ref: pd.DataFrame) -> tuple[str, str]:
+    """(why the finding cannot be tested, or ""; how often its intervention fired)."""
+    missing = [e for e, rows in ((f.experiment, exp), (f.reference, ref)) if rows.empty]
+    if missing:
+        return f"no finished runs of {', '.join(missing)}", ""
+    ka, kb = ep.arm_knobs(exp), ep.arm_knobs(ref)
+    for name, k in ((f.experiment, ka), (f.reference, kb)):
+        mixed = sorted(key for key, vals in k.items() if len(vals) > 1)
+        if mixed:
+            return f"the runs of {name} differ in {mixed[0]} ({', '.join(sorted(k[mixed[0]]))}): select with where:", ""
+    diff = ep.differing(ka, kb)
+    if not diff:
+        return f"{f.experiment} and {f.reference} have identical configs (the same run set)", ""
+    extra = [k for k in diff if k not in f.knobs]
+    if extra:
+        return f"confounded: the arms also differ in {', '.join(extra)}", ""
+    steps = {int(g["step"].max()) for _, g in pd.concat([exp, ref]).groupby("run_id")}
+    if len(steps) > 1:
+        return f"the runs end at different steps ({', '.join(map(str, sorted(steps)))})", ""
+    if f.fires:
+        col = FIRES + f.fires
+        last = exp.groupby("run_id")[col].last() if col in exp.columns else pd.Series(dtype=float)
+        if last.empty or last.isna().all():
+            return f"{f.fires} was not logged by the runs of {f.experiment}", ""
+        steps_run = exp.groupby("run_id")["step"].max()
+        share = float((last / steps_run).mean())
+        fired = f"{f.fires} > 0 in {100 * share:.0f}% of steps"
+        if (last.fillna(0) == 0).any():
+            return (f"the intervention never fired: {f.fires} = 0 in every step of {int((last.fillna(0) == 0).sum())}"
+                    f"/{len(last)} runs of {f.experiment}"), fired
+        return "", fired
+    return "", ""
+
+
+def evaluate(findings: list[Finding], table: pd.DataFrame) -> list[FindingResult]:
+    out = []
+    for f in findings:
+        exp, ref = _rows(table, f, f.experiment), _rows(table, f, f.reference)
+        n = (exp["run_id"].nunique(), ref["run_id"].nunique())
+        reason, fired = preconditions(f, exp, ref)
+        if reason:
+            out.append(FindingResult(f, n, None, reason=reason, fired=fired))
+            continue
+        ca, cb = ep.curves(exp), ep.curves(ref)
+        e = ep.compare(ca, cb)
+        strata = sorted({c.stratum for c in ca} & {c.stratum for c in cb})
+        per = {s: ep.compare(ep.stratum_of(ca, s), ep.stratum_of(cb, s)) for s in strata} if len(strata) > 1 else {}
+        r = FindingResult(f, n, e, p=inf.one_sided_p(e.last_quarter, f.threshold), notes=list(e.notes), strata=per,
+                          fired=fired)
+        if not e.last_quarter.defined:
+            r.reason = "fewer than two runs per arm: no interval"
+        out.append(r)
+    _verdicts(out)
     return out
 
 
-def _pp(i: stats.Interval) -> str:
-    """A difference of accuracies in percentage points with its interval."""
-    if np.isnan(i.mean):
+def _verdicts(results: list[FindingResult]) -> None:
+    """Holm across the tested findings of this report, then each verdict from its adjusted p and interval."""
+    tested = [r for r in results if r.endpoints is not None and not r.reason]
+    adjusted = inf.holm([r.p for r in tested])
+    # superiority of a >= claim, tested once non-inferiority holds (fixed sequence), in the same Holm family
+    sup = inf.holm([inf.one_sided_p(r.endpoints.last_quarter, 0.0) for r in tested])
+    for r, p_adj, p_sup in zip(tested, adjusted, sup):
+        f, e = r.finding, r.endpoints.last_quarter
+        r.p_holm = p_adj
+        if p_adj < ALPHA_ONE_SIDED:
+            r.verdict = "superior" if f.relation == ">" or p_sup < ALPHA_ONE_SIDED else "non-inferior"
+        elif e.high < f.threshold:
+            r.verdict = "inferior"
+        else:
+            r.verdict = "cannot separate"
+        t = r.endpoints.targets[TARGET_80]
+        r.compute_verdict = ("not tested" if not t.ratio.defined else "superior" if t.ratio.high < 1 else
+                             "inferior" if t.ratio.low > 1 else "cannot separate")
+
+
+TARGET_80 = ep.TARGETS.index(0.8)
+
+
+# ---- tables --------------------------------------------------------------------------------------------
+def pp(e: inf.Estimate) -> str:
+    """A difference of accuracies in percentage points with its 95% interval."""
+    if not math.isfinite(e.diff):
         return "n/a"
-    if np.isnan(i.low):
-        return f"{100 * i.mean:+.1f}"
-    return f"{100 * i.mean:+.1f} [{100 * i.low:+.1f}, {100 * i.high:+.1f}]"
+    if not e.defined:
+        return f"{100 * e.diff:+.1f}"
+    return f"{100 * e.diff:+.1f} [{100 * e.low:+.1f}, {100 * e.high:+.1f}]"
 
 
-def _ratio(i: stats.Interval) -> str:
-    f = lambda v: "never" if v == np.inf else f"{v:.2f}"
-    if np.isnan(i.mean):
+def ratio(e: inf.Estimate) -> str:
+    if not math.isfinite(e.diff):
         return "n/a"
-    return f(i.mean) if np.isnan(i.low) else f"{f(i.mean)} [{f(i.low)}, {f(i.high)}]"
+    return f"{e.diff:.2f}" if not e.defined else f"{e.diff:.2f} [{e.low:.2f}, {e.high:.2f}]"
 
 
-FINDINGS_COLUMNS = ["finding", "paper's claim", "experiment vs reference", "seeds",
-                    "Δ acc. at equal rollout tokens (pp) [95% CI]",
-                    "Δ acc. at equal wall time (pp) [95% CI]", "wall time to ref. final acc. / ref. wall time [95% CI]",
-                    "verdict"]
+def _p(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.3f}" if v >= 0.001 else "<0.001"
 
 
-def findings_table(results: list[FindingResult]) -> Table:
+def claim_text(f: Finding) -> str:
+    rel = f"experiment > reference" if f.relation == ">" else f"experiment >= reference - {100 * f.margin:g} pp"
+    return f"{f.claim} ({rel})"
+
+
+FINDINGS_COLUMNS = ["finding", "paper's claim", "experiment vs reference", "runs (pairs)",
+                    "Δ acc. per update, last quarter (pp) [95% CI]", "Δ acc. at the final step (pp) [95% CI]",
+                    "p sign-flip / Holm", "tokens to 50% of ref. gain, exp./ref. [95% CI] (reached)",
+                    "tokens to 80%", "tokens to 90%", "tokens per step, exp./ref.", "verdict per update",
+                    "per compute (80%)", "preconditions"]
+
+
+def _target(t: ep.Target) -> str:
+    return f"{ratio(t.ratio)} ({t.reached[0]}/{t.reached[2]}, {t.reached[1]}/{t.reached[2]})"
+
+
+def findings_table(results: list[FindingResult]) -> list[list[str]]:
     rows = []
     for r in results:
-        f = r.finding
-        claim = f"{f.claim} ({'experiment > reference' if f.direction == 'higher' else 'experiment < reference'})"
-        rows.append([f.id, claim, f"{f.experiment} vs {f.reference}", f"{r.seeds[0]}/{r.seeds[1]}", _pp(r.at_tokens),
-                     _pp(r.at_wall), _ratio(r.time_ratio), r.verdict + (f" ({r.missing})" if r.missing else "")])
-    return Table(FINDINGS_COLUMNS, rows, "Verdict from the interval at equal rollout tokens: reproduced = it excludes 0 on "
-                 "the claimed side, refuted = on the other side, otherwise the seeds cannot separate. Time ratio: wall time for "
-                 "the experiment's seed-mean accuracy to reach the reference's final mean accuracy, over the reference's "
-                 "training wall time (< 1: sooner; never: not within the experiment's own training).")
+        f, e = r.finding, r.endpoints
+        pre = "; ".join(x for x in (r.reason, r.fired, *r.notes) if x) or "ok"
+        if e is None:
+            rows.append([f.id, claim_text(f), f"{f.experiment} vs {f.reference}", f"{r.runs[0]}/{r.runs[1]}",
+                         *["n/a"] * 7, "not tested", "not tested", pre])
+            continue
+        pairs = f"{r.runs[0]}/{r.runs[1]} ({e.pairs} paired)" if e.paired else f"{r.runs[0]}/{r.runs[1]} (unpaired)"
+        rows.append([f.id, claim_text(f), f"{f.experiment} vs {f.reference}", pairs, pp(e.last_quarter), pp(e.final),
+                     f"{_p(e.last_quarter.p_perm)} / {_p(r.p_holm)}", *(_target(t) for t in e.targets),
+                     ratio(e.tokens_per_step), r.verdict, r.compute_verdict, pre])
+    return rows
 
 
-def power_table(results: list[FindingResult]) -> Table:
+def secondary_rows(results: list[FindingResult]) -> list[list[str]]:
     rows = []
     for r in results:
-        n = r.seeds_needed
-        need = "n/a" if np.isnan(n) else ("no difference observed" if n == np.inf else f"{int(n)}")
-        have = min(r.seeds)
-        advice = ("separated" if r.verdict != "seeds cannot separate" else
-                  "n/a" if np.isnan(n) else "more seeds would not help (no effect)" if n == np.inf or n > 200 else
-                  f"add {max(0, int(n) - have)} seed(s) per experiment")
-        rows.append([r.finding.id, _pp(r.at_tokens), str(have), need, advice])
-    return Table(["finding", "Δ at equal tokens (pp)", "seeds now", "seeds needed for 95%", "advice"], rows,
-                 "Seeds needed = n x (half-width of the 95% bootstrap interval / |observed difference|)^2: the interval "
-                 "narrows as 1/sqrt(seeds), so this is the count at which the observed effect, if real, excludes 0.")
+        e = r.endpoints
+        if e is None:
+            continue
+        rows.append([r.finding.id, *(f"{pp(d)} at {b:,.0f}" for b, d in e.budgets), pp(e.auc), ratio(e.cpu_per_step),
+                     f"{100 * e.start:.1f}"])
+    return rows
+
+
+def strata_rows(results: list[FindingResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        for s, e in r.strata.items():
+            rows.append([r.finding.id, f"{ep.PAIR_KNOB}={s}", str(e.pairs), pp(e.last_quarter), pp(e.final),
+                         _target(e.targets[TARGET_80]), ratio(e.tokens_per_step)])
+    return rows
+
+
+def power_rows(results: list[FindingResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        e = r.endpoints.last_quarter if r.endpoints else inf.UNDEFINED
+        if not e.defined:
+            rows.append([r.finding.id, pp(e), "n/a", "n/a", "n/a"])
+            continue
+        mde = inf.mde(e.se, e.df)
+        need = inf.seeds_for(e.diff, e)
+        need_s = "no effect observed" if need == math.inf and e.diff == 0 else ">1000" if need == math.inf else f"{need:.0f}"
+        rows.append([r.finding.id, pp(e), str(e.n), f"{100 * mde:.1f}", need_s])
+    return rows

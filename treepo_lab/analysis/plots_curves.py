@@ -11,7 +11,7 @@ import numpy as np
 
 from treepo_lab.analysis import stats
 from treepo_lab.analysis.groups import Grouping
-from treepo_lab.analysis.series import ACCURACY, TOKENS, WALL, Series, at_budgets, common_budgets
+from treepo_lab.analysis.series import ACCURACY, CPU, TOKENS, WALL, Series, at_budgets, common_budgets
 from treepo_lab.analysis.style import StrategyStyles, figure, save
 
 DYNAMICS = (("response_length/mean", "response length (tokens)"), ("actor/entropy", "entropy (nats)"),
@@ -92,8 +92,11 @@ def _matched(ax, series, grouping, styles, x_key: str) -> int:
 
 def compute_matched(series: Series, grouping: Grouping, styles: StrategyStyles, out: Path, notes: list[str]) -> list[Path]:
     fig, axes = figure(2, 2.5, ncols=2)
+    # process CPU seconds where the runs logged them: wall time also counts whoever else used the machine
+    cpu = any(series.has(r, CPU) for g in grouping.groups for r in g.run_ids)
+    time_key, time_label = (CPU, "training CPU time (s)") if cpu else (WALL, "wall time (s)")
     for ax, x_key, xlabel in ((axes[0, 0], TOKENS, "rollout tokens (decoded + prefill)"),
-                              (axes[0, 1], WALL, "wall time (s)")):
+                              (axes[0, 1], time_key, time_label)):
         if not _matched(ax, series, grouping, styles, x_key):
             notes.append(f"compute-matched view: no run has both {ACCURACY} and {x_key}")
             no_data(ax, f"{ACCURACY} with {x_key}")
@@ -101,7 +104,7 @@ def compute_matched(series: Series, grouping: Grouping, styles: StrategyStyles, 
         ax.set_ylabel("held-out accuracy")
     axes[0, 0].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     axes[0, 0].set_title("at common token budgets")
-    axes[0, 1].set_title("at common wall-time budgets")
+    axes[0, 1].set_title("at common CPU-time budgets" if cpu else "at common wall-time budgets")
     legend(fig, axes)
     return save(fig, out / "compute_matched")
 

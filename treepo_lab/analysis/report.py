@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 
 from treepo_lab.analysis import optuna_view, plots_curves, plots_rollout, tables, trees
 from treepo_lab.analysis.groups import Group, Grouping, group_runs
-from treepo_lab.analysis.runset import RunSet, default_cache_dir, load
+from treepo_lab.analysis import runs_table
+from treepo_lab.analysis.runset import RunSet, default_cache_dir, load, store_name
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.series import ACCURACY, DECODED, WALL, Series
 from treepo_lab.analysis.style import StrategyStyles
@@ -93,20 +94,23 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
                  group_by: list[str] | None = None, baseline: str | None = None,
                  out_dir: str | Path | None = None, name: str | None = None, log_to_parent: bool = True,
                  cache_dir: str | Path | bool | None = None, progress: bool = False,
-                 study=None) -> ReportResult:
+                 study=None, data: RunSet | None = None) -> ReportResult:
     """Build the comparison report of one selection (exactly one of sweep / experiment / runs /
     filter_string). Returns where everything went. Raises ConfigError for a selection or baseline that
     does not exist; never for incomplete data.
 
     `study`: the sweep's optuna.Study when the caller has it open (the sweep at its end); otherwise it is
-    opened from the parent run's tags treepo.optuna_storage + treepo.study, or skipped with a note."""
+    opened from the parent run's tags treepo.optuna_storage + treepo.study, or skipped with a note.
+    `data`: the runs already loaded (or rebuilt from a runs.csv: runs_table.to_runset) instead of a selection.
+    The report's runs table is written beside it as runs.csv."""
     say = (lambda msg: print(f"report: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     t0 = time.perf_counter()
     # a line every tenth of the runs, not one per run
     show = (lambda done, total: say(f"loaded {done}/{total} runs") if done == total or done % max(1, total // 10) == 0
             else None) if progress else None
-    data = load(sweep=sweep, experiment=experiment, filter_string=filter_string, run_ids=runs,
-                tracking_uri=tracking_uri, cache_dir=cache_dir, progress=show)
+    if data is None:
+        data = load(sweep=sweep, experiment=experiment, filter_string=filter_string, run_ids=runs,
+                    tracking_uri=tracking_uri, cache_dir=cache_dir, progress=show)
     t_load = time.perf_counter() - t0
     name = safe_name(name or data.name)
     out = Path(out_dir) if out_dir is not None else Path("reports") / name
@@ -122,8 +126,9 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
 
     src = {"sweep": f"sweep `{data.name}`", "experiment": f"MLflow experiment `{data.name}`",
            "filter": "a search filter", "runs": "the given run ids"}[data.kind]
+    where = data.tracking_uri if data.tracking_uri.startswith("`") else f"`{store_name(data.tracking_uri)}`"
     head = Section("What this compares", [
-        f"{len(data.runs)} runs from {src} in `{data.tracking_uri}`, grouped by `{' + '.join(grouping.keys)}` into "
+        f"{len(data.runs)} runs from {src} in {where}, grouped by `{' + '.join(grouping.keys)}` into "
         f"{len(grouping.groups)} groups; baseline: {('`' + base.label + '`') if base else 'none (pass --baseline GROUP)'}. "
         "Intervals are 95% percentile bootstraps over seeds (runs).",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}" + (f"; sweep parent run `{data.parent.info.run_id}`"
@@ -184,10 +189,11 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
     sections.append(Section("Runs", tables=[_runs_table(data, grouping)]))
     title = f"Comparison report: {data.name}"
     md_path, html_path = out / "report.md", out / "report.html"
+    runs_table.write(runs_table.build(data)[0], out / "runs.csv")  # what `report --from-csv` rebuilds it from
     md_path.write_text(markdown(title, sections, out))
     html_path.write_text(page(title, sections))
     parent_id = None
-    if log_to_parent and data.parent is not None:
+    if log_to_parent and data.parent is not None and data.kind == "sweep":
         parent_id = data.parent.info.run_id
         MlflowClient(data.tracking_uri).log_artifacts(parent_id, str(out), "report")
     say(f"wrote {html_path}")

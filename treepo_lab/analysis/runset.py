@@ -190,3 +190,19 @@ def export(data: RunSet, path: Path | str, fmt: str | None = None) -> Path:
         frame.to_parquet(path, index=False)
     return path
 
+
+
+def store_name(uri: str) -> str:
+    """The store as a report may name it: relative to the working directory where it lies below it, else its
+    scheme and file name; never an absolute or temporary path, never a password."""
+    scheme, _, rest = uri.partition("://")
+    if scheme == "sqlite" and rest.startswith("/"):
+        path = Path(rest[1:])
+        try:
+            return f"sqlite:///{path.resolve().relative_to(Path.cwd().resolve())}"
+        except ValueError:
+            return f"sqlite:///.../{path.name}"
+    if scheme in ("file", ""):
+        return f"{scheme or 'file'}:///.../{Path(rest or uri).name}"
+    host = rest.rsplit("@", 1)[-1].split("/", 1)[0]  # user:password@host/db -> host
+    return f"{scheme}://{host}"

@@ -13,6 +13,7 @@ ACCURACY = "eval/accuracy"
 DECODED = "cumulative/rollout/decoded_tokens"
 PREFILL = "cumulative/rollout/prefill_tokens"
 WALL = "time/wall_s"
+CPU = "time/cpu_s"  # process CPU seconds of training, children included: what load on the machine does not change
 TOKENS = "tokens"  # derived: decoded + prefill, the rollout compute actually spent
 
 

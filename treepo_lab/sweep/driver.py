@@ -18,7 +18,7 @@ from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import mlflow_runs as mr
 from treepo_lab.sweep import storage as sto
 from treepo_lab.sweep import study as st
-from treepo_lab.sweep.space import grid_points, marginal_points, trial_config
+from treepo_lab.sweep.space import checked_units, trial_config
 from treepo_lab.sweep.spec import SweepSpec, load_spec
 from treepo_lab.sweep.validate import validate_spec
 from treepo_lab.sweep.worker import quiet
@@ -91,10 +91,12 @@ def _stop_workers(procs: list[subprocess.Popen], grace_s: float = 120.0) -> None
 def warm_start_once(spec: SweepSpec, out) -> None:
     """Build (or find cached) every warm start the trials need before the workers start: N workers would
     otherwise each build the same one at once."""
-    points = (grid_points(spec.params) or marginal_points(spec.params)) if spec.params else [{}]
-    done = set()
-    for point in points:
-        cfg = trial_config(spec, point, spec.seeds[0])
+    done, seen = set(), set()
+    for point, seed in checked_units(spec):
+        if repr(point) in seen:  # a unit sweep lists each point once per seed; a warm start ignores cfg.seed
+            continue
+        seen.add(repr(point))
+        cfg = trial_config(spec, point, seed)
         ws = warmstart_config(cfg)
         if cfg.model.path is None and repr(ws) not in done:
             done.add(repr(ws))
@@ -213,7 +215,8 @@ def _print_summary(summary: dict, spec: SweepSpec, uri: str, out) -> None:
     for t in front:
         vals = ", ".join(f"{k}={v:.4g}" for k, v in t["values"].items())
         spread = t.get("spread")
-        sd = f" (sd over seeds {', '.join(f'{s:.3g}' for s in spread)})" if spread else ""
+        # a unit trial has one seed: no spread to show
+        sd = f" (sd over seeds {', '.join(f'{s:.3g}' for s in spread)})" if spread and not spec.per_unit else ""
         print(f"  t{t['trial']:02d} {vals}{sd}  {t['params']}", file=out)
     if summary.get("report"):
         print(f"report: {summary['report']}", file=out)

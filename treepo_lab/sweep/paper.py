@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
+from treepo_lab.analysis import endpoints, plots_curves, runs_table
 from treepo_lab.analysis import findings as fnd
-from treepo_lab.analysis import plots_curves
 from treepo_lab.analysis.groups import Grouping, group_runs
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.report import build_report
-from treepo_lab.analysis.runset import load
+from treepo_lab.analysis.runset import load, store_name
 from treepo_lab.analysis.series import Series
 from treepo_lab.analysis.style import StrategyStyles
+from treepo_lab.analysis.tables import Table
 from treepo_lab.config import list_experiments
 from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import driver
@@ -49,6 +49,8 @@ def parse(args: list[str]) -> argparse.Namespace:
     p.add_argument("--storage", default=None, help="Optuna storage (default: the journal beside the MLflow store)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--report-only", action="store_true", help="only the report, from what MLflow holds")
+    p.add_argument("--from-csv", metavar="RUNS_CSV", help="with --report-only: the report from a runs.csv another "
+                   "report wrote (no MLflow store needed)")
     p.add_argument("overrides", nargs="*", help="key=value for every run (trainer.steps=30), sweep.<field>=value")
     return p.parse_args(args)
 
@@ -66,6 +68,8 @@ def select(a: argparse.Namespace) -> list[fnd.Finding]:
         raise ConfigError("--seeds", a.seeds, "an integer >= 2 (one seed gives no interval)")
     if a.workers < 1:
         raise ConfigError("--workers", a.workers, "an integer >= 1")
+    if a.from_csv and not a.report_only:
+        raise ConfigError("--from-csv", a.from_csv, "only with --report-only (a CSV cannot run experiments)")
     return found
 
 
@@ -80,13 +84,23 @@ def cmd_paper(args: list[str], out=None) -> int:
     out = out or sys.stdout
     a = parse(args)
     found = select(a)
+    if a.from_csv:
+        table = runs_table.read(a.from_csv)  # checked before anything is written
+        path = write_report("paper", found, table, Path(a.out), f"`{Path(a.from_csv).name}`", [])
+        print(f"paper report: {path}", file=out)
+        return 0
     spec = load_spec(a.spec, sweep_args(a, found))
     status = "report-only"
     if not a.report_only:
         summary = driver.run_sweep(a.spec, sweep_args(a, found), a.workers, a.storage, a.tracking_uri, out=out)
         status = summary["status"]
     uri = driver.prepare(a.spec, sweep_args(a, found), a.storage, a.tracking_uri)[1]
-    path = write_report(spec.name, found, uri, Path(a.out), spec)
+    data = load(sweep=spec.name, tracking_uri=uri, cache_dir=False)
+    table, notes = runs_table.build(data, fnd.fire_metrics(found))
+    budget = ", ".join(spec.overrides) or "the registry defaults"
+    notes.insert(0, f"Budget (overrides of every run): `{budget}`.")
+    path = write_report(spec.name, found, table, Path(a.out), f"sweep `{spec.name}` in `{store_name(uri)}`", notes,
+                        data)
     print(f"paper report: {path}", file=out)
     return {"finished": 0, "report-only": 0, "interrupted": 130}.get(status, 1)
 
@@ -95,36 +109,70 @@ def _subset(grouping: Grouping, labels: list[str]) -> Grouping:
     return Grouping(grouping.keys, [g for g in grouping.groups if g.label in labels], grouping.left_out)
 
 
-def write_report(sweep: str, found: list[fnd.Finding], uri: str, out: Path, spec=None) -> Path:
+RULES = ("Per update: accuracy difference at equal optimizer steps, the mean over the evaluations of the last "
+         "quarter of the steps (the verdict's endpoint) and at the final step; runs sharing (warm-start seed, seed) "
+         "are paired (paired t interval, exact sign-flip p), others compared with Welch's t. Per compute: rollout "
+         "tokens (decoded + prefill) to reach 50/80/90% of the reference's gain over the shared starting accuracy, "
+         "per seed, experiment / reference (geometric mean ratio, t interval on log ratios; (k/n, k/n): runs of "
+         "experiment and reference that reached it), and tokens per step. Verdicts: `>` claims are tested for "
+         "superiority, `>=` claims for non-inferiority within their margin, one-sided at 2.5% (the bounds of the "
+         "95% interval), Holm-adjusted across this report's findings: superior, non-inferior, inferior (the "
+         "interval lies below 0, or below -margin), cannot separate, or not tested (a precondition failed). Per "
+         "compute: superior = the 80% ratio's interval lies below 1.")
+
+
+def write_report(name: str, found: list[fnd.Finding], table, out: Path, source: str, notes: list[str],
+                 data=None) -> Path:
+    """Every number from the runs table (written beside the report as runs.csv); `data` (the MLflow runs)
+    only adds the full comparison report of every experiment."""
     out.mkdir(parents=True, exist_ok=True)
-    data = load(sweep=sweep, tracking_uri=uri, cache_dir=False)
-    series = Series(data)
-    grouping = group_runs(data, [EXPERIMENT_TAG])
-    results = fnd.evaluate(found, series, grouping)
-    budget = ", ".join(spec.overrides) if spec is not None else ""
+    runs_table.write(table, out / "runs.csv")
+    results = fnd.evaluate(found, table)
+    overlap = endpoints.overlapping_pairs(table)
     head = Section("What this tests", [
-        f"{len(data.runs)} runs of sweep `{sweep}` in `{uri}`, grouped by registry experiment. Each finding compares "
-        "an experiment with its reference, compute-matched: held-out accuracy interpolated at the largest rollout-token "
-        "budget (decoded + prefill) and the largest wall time that every run of both reached; and the wall time to reach "
-        "the reference's final accuracy. Intervals: 95% percentile bootstrap over seeds.",
-        f"Budget (overrides of every run): `{budget or 'the registry defaults'}`. "
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}."])
-    sections = [Section("Findings", tables=[fnd.findings_table(results)]), head,
-                Section("Statistical power", ["Whether adding seeds could separate what these seeds cannot."],
-                        tables=[fnd.power_table(results)])]
+        f"{table['run_id'].nunique()} finished runs of {source}, grouped by registry experiment; every number "
+        "below is re-derived from `runs.csv` by `treepo-lab paper --report-only --from-csv runs.csv`.", *notes])
+    if overlap:
+        head.notes.append(f"{overlap} pairs of runs of different experiments trained at the same time on one host: "
+                          "their wall times share the machine's load, so every cost here is in rollout tokens or "
+                          "process CPU seconds (time/cpu_s), never wall time.")
+    sections = [
+        Section("Findings", [RULES], tables=[Table(fnd.FINDINGS_COLUMNS, fnd.findings_table(results))]), head,
+        Section("Secondary endpoints", ["Not verdicts: the accuracy difference at three token budgets declared "
+                                        "in advance (1/3, 2/3 and all of the range every run of both arms "
+                                        "covered), the difference of the normalised areas under accuracy vs "
+                                        "tokens over that range, and CPU seconds per step."],
+                tables=[Table(["finding", "Δ at 1/3 (pp)", "Δ at 2/3 (pp)", "Δ at 1x (pp)", "Δ area (pp)",
+                               "CPU s per step, exp./ref.", "start acc. %"], fnd.secondary_rows(results))]),
+        Section("Power", ["The minimum detectable effect (two-sided 5%, 80% power) of the per-update endpoint "
+                          "for the seeds run, from its standard error, and the seeds per arm at which the observed "
+                          "difference would be detectable if the spread stayed as observed."],
+                tables=[Table(["finding", "Δ last quarter (pp)", "pairs", "MDE at 80% power (pp)",
+                               "seeds for the observed Δ"], fnd.power_rows(results))])]
+    strata = fnd.strata_rows(results)
+    if strata:
+        sections.insert(1, Section("Per warm start", ["The pooled findings above, by warm-start seed."], tables=[
+            Table(["finding", "warm start", "pairs", "Δ last quarter (pp)", "Δ final (pp)", "tokens to 80%",
+                   "tokens per step"], strata)]))
+    curves_data = runs_table.to_runset(table, name, source)
+    grouping = group_runs(curves_data, [EXPERIMENT_TAG])
     key = [e for e in ("grpo", "grpo_tree_sampling", "treepo_fixed_init") if grouping.by_label(e)]
     if key:
-        notes: list[str] = []
-        figs = plots_curves.compute_matched(series, _subset(grouping, key), StrategyStyles(), out / "figures", notes)
-        sections.append(Section("TreePO, GRPO with tree sampling and GRPO, compute-matched", notes=notes,
-                                figures=[(figs[0], "accuracy at budgets every run reached (mean over seeds, 95% band)")]))
-    try:
-        build_report(sweep=sweep, tracking_uri=uri, out_dir=out / "comparison", log_to_parent=False, cache_dir=False)
-        sections.append(Section("Every experiment", ["The full comparison report of the sweep (every group, curves, "
-                                                     "Pareto front, tree shapes): `comparison/report.html`."]))
-    except Exception as err:  # the findings stand without the comparison pages
-        sections.append(Section("Every experiment", notes=[f"comparison report not built: {type(err).__name__}: {err}"]))
-    title = f"Paper findings: {sweep}"
+        fig_notes: list[str] = []
+        sub = _subset(grouping, key)
+        figs = plots_curves.compute_matched(Series(curves_data), sub, StrategyStyles(), out / "figures", fig_notes)
+        figs += plots_curves.accuracy_vs_step(Series(curves_data), sub, StrategyStyles(), out / "figures", fig_notes)
+        sections.append(Section("TreePO, GRPO with tree sampling and GRPO", notes=fig_notes, figures=[
+            (figs[0], "accuracy vs rollout tokens and CPU time (mean over seeds, 95% band)"),
+            (figs[2], "accuracy vs optimizer step (mean over seeds, 95% band)")]))
+    if data is not None:
+        try:
+            build_report(data=data, out_dir=out / "comparison", log_to_parent=False, cache_dir=False)
+            sections.append(Section("Every experiment", ["The full comparison report of the sweep (every group, "
+                                                         "curves, Pareto front, tree shapes): `comparison/report.html`."]))
+        except Exception as err:  # the findings stand without the comparison pages
+            sections.append(Section("Every experiment", notes=[f"comparison report not built: {type(err).__name__}: {err}"]))
+    title = f"Paper findings: {name}"
     (out / "report.md").write_text(markdown(title, sections, out))
     (out / "report.html").write_text(page(title, sections))
     return out / "report.md"

@@ -1,10 +1,13 @@
 """From a search space to concrete trial configs: Optuna suggestions (conditional parameters included),
-the points of a finite space, the composed and validated config of one (point, seed), child run names."""
+the points of a finite space, the units (point, seed) of a unit sweep, the composed and validated config of
+one (point, seed), child run names."""
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
+import random
 from typing import Any
 
 import optuna
@@ -13,27 +16,92 @@ from omegaconf import OmegaConf
 
 from treepo_lab.algo.registries import ESTIMATORS
 from treepo_lab.config import ExperimentConfig, compose_config, to_object, validate
+from treepo_lab.registry import ConfigError
 from treepo_lab.rollout.sampler import SAMPLERS
 from treepo_lab.sweep.grammar import Param, override_value
-from treepo_lab.sweep.spec import SweepSpec
+from treepo_lab.sweep.spec import SEED_PARAM, SweepSpec
 
 GRID_LIMIT = 5000  # finite spaces larger than this are validated on their marginals only
+
+
+def _suggest_one(trial: optuna.Trial, p: Param) -> Any:
+    d = p.distribution
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(p.key, list(d.choices))
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(p.key, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(p.key, d.low, d.high, step=d.step, log=d.log)
 
 
 def suggest(trial: optuna.Trial, params: list[Param]) -> dict[str, Any]:
     """One point: every active parameter suggested in spec order (conditions refer to earlier keys)."""
     point: dict[str, Any] = {}
     for p in params:
-        if not p.active(point):
-            continue
-        d = p.distribution
-        if isinstance(d, CategoricalDistribution):
-            point[p.key] = trial.suggest_categorical(p.key, list(d.choices))
-        elif isinstance(d, IntDistribution):
-            point[p.key] = trial.suggest_int(p.key, d.low, d.high, step=d.step, log=d.log)
-        elif isinstance(d, FloatDistribution):
-            point[p.key] = trial.suggest_float(p.key, d.low, d.high, step=d.step, log=d.log)
+        if p.active(point) and isinstance(p.distribution, (CategoricalDistribution, IntDistribution, FloatDistribution)):
+            point[p.key] = _suggest_one(trial, p)
     return point
+
+
+def suggest_unit(trial: optuna.Trial, spec: SweepSpec) -> tuple[dict[str, Any], int]:
+    """A unit trial's (point, seed). It suggests exactly the keys enqueued for it (its block's; `when:` was
+    applied when the units were listed), each with the key's one merged distribution, so Optuna hands back the
+    enqueued values. The keys come from the enqueued params (system attr fixed_params, which a retry copies)
+    and from the params already stored (a retry's): either alone would miss a case."""
+    frozen = trial.storage.get_trial(trial._trial_id)
+    keys = set(frozen.system_attrs.get("fixed_params") or {}) | set(frozen.params)
+    if SEED_PARAM not in keys:
+        raise RuntimeError(f"trial {trial.number} of a unit sweep was not enqueued with a seed (params: {sorted(keys)})")
+    point = {p.key: _suggest_one(trial, p) for p in spec.params if p.key in keys}
+    return point, int(trial.suggest_categorical(SEED_PARAM, spec.unit_seeds))
+
+
+def units(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The trials of a unit sweep as enqueued: each block's grid points x its seeds, {key: value, ..., seed: s},
+    shuffled by random.Random(order_seed) under order: shuffled (the same spec gives the same order)."""
+    out, seen = [], {}
+    for i, block in enumerate(spec.blocks):
+        where = f"blocks[{i}]" if "blocks" in spec.source else "grid"
+        points = grid_points(block.params)
+        if points is None:
+            raise ConfigError(f"{where}", f"> {GRID_LIMIT} points", f"at most {GRID_LIMIT} grid points per block")
+        for point in points:
+            for seed in block.seeds:
+                unit = {**point, SEED_PARAM: seed}
+                ident = json.dumps(unit, sort_keys=True, default=str)
+                if ident in seen:  # it would run twice and count twice in every comparison
+                    raise ConfigError(where, point_text(unit), f"(point, seed) units that no other block has "
+                                                               f"(blocks[{seen[ident]}] has it too)")
+                seen[ident] = i
+                out.append(unit)
+    if spec.order == "shuffled":
+        random.Random(spec.order_seed).shuffle(out)
+    return out
+
+
+def split_unit(unit: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    return {k: v for k, v in unit.items() if k != SEED_PARAM}, int(unit[SEED_PARAM])
+
+
+def point_text(point: dict) -> str:
+    return " ".join(f"{k}={override_value(v)}" for k, v in point.items()) or "(the fixed overrides)"
+
+
+def checked_units(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
+    """(point, seed) pairs whose configs are composed and checked before a sweep starts: every unit of a unit
+    sweep (every point with its first seed beyond GRID_LIMIT units: a seed only sets cfg.seed); else every point
+    of a finite space (each value of a larger or continuous one) with the first seed."""
+    if spec.per_unit:
+        pairs = [split_unit(u) for u in units(spec)]
+        if len(pairs) <= GRID_LIMIT:
+            return pairs
+        first: dict[str, tuple[dict[str, Any], int]] = {}
+        for point, seed in pairs:
+            first.setdefault(json.dumps(point, sort_keys=True, default=str), (point, seed))
+        return list(first.values())
+    if not spec.params:
+        return [({}, spec.seeds[0])]
+    points = None if any(not p.finite for p in spec.params) else grid_points(spec.params)
+    return [(pt, spec.seeds[0]) for pt in (points if points is not None else marginal_points(spec.params))]
 
 
 def grid_points(params: list[Param]) -> list[dict[str, Any]]:

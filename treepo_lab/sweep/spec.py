@@ -6,21 +6,38 @@ experiment config (keys, values, metrics) are in `validate.py`.
     description: "..."                 # the MLflow experiment's description
     experiment: treepo_fixed_init      # base registry experiment (may itself be swept)
     overrides: {trainer.steps: 40}     # fixed for every trial (Hydra override values)
-    search_space:                      # or `grid:` (the same, every point once, in order)
+    search_space:                      # or `grid:` (the same, every point once, in order), or `blocks:`
       sampler.div_policy: choice(fixed_avg, logprob_weighted_div)
       sampler.div_temperature:         # a conditional parameter
         values: tag(log, interval(0.5, 4.0))
         when: {sampler.div_policy: [logprob_weighted_div]}
     objectives: [{metric: eval/accuracy, direction: maximize}]
     seeds: [0, 1]                      # the objective is the mean over seeds
+    order: grid                        # grid sweeps: grid (a trial = a point, its seeds back to back) | shuffled
+    order_seed: 0                      # seeds the shuffle of order: shuffled
     sampler: {name: tpe, seed: 0}      # tpe | random | grid | gp | nsga2, plus the Optuna sampler's arguments
     pruner: {name: median}             # median | successive_halving | hyperband | percentile | threshold | none (+ arguments)
     n_trials: 16
     timeout_s: null                    # stop asking for new trials after this many seconds
     failure_limit: 3                   # the first N trials all failed: the spec cannot work, stop
+
+Units. With `order: shuffled` (grid sweeps) each (grid point, seed) is one trial: the seed is its parameter `seed`,
+its objective that seed's value; the units are enqueued shuffled by random.Random(order_seed), so the arms share
+the machine's load alike. `blocks:` (instead of `grid:`) gives groups of arms their own seeds and keys: the units
+are each block's points x its seeds, shuffled (`order: grid` written out: block order). No unit in two blocks.
+
+    blocks:
+      - grid:                          # headline arms: 10 seeds, two warm starts
+          experiment: choice(grpo, treepo_fixed_init)
+          warmstart.seed: choice(0, 1)
+        seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+      - grid: {experiment: [seg_8x16, no_fallback]}   # ablations: the top-level seeds
+    seeds: [0, 1, 2, 3, 4]
+    order_seed: 0
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from dataclasses import dataclass, field
@@ -31,6 +48,8 @@ import optuna
 import yaml
 
 from treepo_lab.registry import ConfigError
+from optuna.distributions import CategoricalDistribution
+
 from treepo_lab.sweep.grammar import Param, categorical_value, override_value, parse_values
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
@@ -40,15 +59,25 @@ PRUNERS = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.p
            "hyperband": optuna.pruners.HyperbandPruner, "percentile": optuna.pruners.PercentilePruner,
            "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
 DIRECTIONS = ("maximize", "minimize")
-TOP_KEYS = ("name", "description", "experiment", "overrides", "search_space", "grid", "objectives", "seeds",
-            "sampler", "pruner", "n_trials", "timeout_s", "failure_limit", "heartbeat_s", "max_retry",
-            "nproc_per_trial")
+TOP_KEYS = ("name", "description", "experiment", "overrides", "search_space", "grid", "blocks", "objectives", "seeds",
+            "order", "order_seed", "sampler", "pruner", "n_trials", "timeout_s", "failure_limit", "heartbeat_s",
+            "max_retry", "nproc_per_trial")
+ORDERS = ("grid", "shuffled")
+SEED_PARAM = "seed"  # a unit trial's seed, an Optuna parameter beside the swept keys (never a config override)
 
 
 @dataclass
 class Objective:
     metric: str
     direction: str  # maximize | minimize
+
+
+@dataclass
+class Block:
+    """A group of grid points and the seeds each of them runs (one trial per point and seed)."""
+
+    params: list[Param]
+    seeds: list[int]
 
 
 @dataclass
@@ -71,10 +100,24 @@ class SweepSpec:
     # group of this many processes; --workers counts trials, so a machine runs workers x this many processes
     nproc_per_trial: int = 1
     source: dict[str, Any] = field(default_factory=dict)  # the spec as written (+ command-line changes)
+    order: str = "grid"  # grid | shuffled (ORDERS)
+    order_seed: int = 0
+    # one trial per (point, seed): the spec's blocks, or its grid as one block under order: shuffled; [] when a
+    # trial is a point with all its seeds. `params` then holds one merged Param per key (see _merge).
+    blocks: list[Block] = field(default_factory=list)
 
     @property
     def grid(self) -> bool:
         return self.sampler["name"] == "grid"
+
+    @property
+    def per_unit(self) -> bool:
+        return bool(self.blocks)
+
+    @property
+    def unit_seeds(self) -> list[int]:
+        """Every seed of any block, first-seen order: the choices of the `seed` parameter."""
+        return list(dict.fromkeys(s for b in self.blocks for s in b.seeds))
 
     @property
     def multi_objective(self) -> bool:
@@ -140,6 +183,8 @@ def _params(raw: Any, where: str) -> list[Param]:
         _bad(where, raw, "a non-empty mapping {config key: choice(...) | range(...) | interval(...) | [values]}")
     params = []
     for key, entry in raw.items():
+        if key == SEED_PARAM:
+            _bad(where, key, "a config key other than seed (list the seeds under seeds: instead)")
         when = {}
         if isinstance(entry, dict):
             unknown = set(entry) - {"values", "when"}
@@ -182,13 +227,67 @@ def _objectives(raw: Any) -> list[Objective]:
     return out
 
 
-def _seeds(raw: Any) -> list[int]:
+def _seeds(raw: Any, where: str = "seeds") -> list[int]:
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1:
         return list(range(raw))
     if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw) \
             and len(set(raw)) == len(raw):
         return list(raw)
-    _bad("seeds", raw, "a count >= 1 or a list of distinct integers >= 0")
+    _bad(where, raw, "a count >= 1 or a list of distinct integers >= 0")
+
+
+def _finite(params: list[Param], where: str) -> None:
+    continuous = [p for p in params if not p.finite]
+    if continuous:
+        _bad(f"{where}.{continuous[0].key}", continuous[0].text,
+             "a finite choice(...) or range(...) in a grid (interval has no grid points)")
+
+
+def _blocks(raw: Any, seeds: list[int]) -> list[Block]:
+    if not isinstance(raw, list) or not raw:
+        _bad("blocks", raw, "a non-empty list of {grid: {key: choice(...) ...}, seeds: [...]}")
+    out = []
+    for i, b in enumerate(raw):
+        if not isinstance(b, dict) or set(b) - {"grid", "seeds"} or "grid" not in b:
+            _bad(f"blocks[{i}]", b, "a mapping {grid: {key: choice(...) ...}, seeds: [...]} (seeds optional: the "
+                                    "top-level seeds)")
+        params = _params(b["grid"], f"blocks[{i}].grid")
+        _finite(params, f"blocks[{i}].grid")
+        out.append(Block(params, _seeds(b["seeds"], f"blocks[{i}].seeds") if "seeds" in b else seeds))
+    return out
+
+
+def _merge(blocks: list[Block]) -> list[Param]:
+    """One Param per key over all blocks, keys in first-seen order. Optuna refuses a categorical parameter whose
+    choices change between the trials of a study, so a key whose blocks give it different values gets one
+    categorical of the union of them (each trial only suggests its own enqueued value)."""
+    by_key: dict[str, list[Param]] = {}
+    for b in blocks:
+        for p in b.params:
+            by_key.setdefault(p.key, []).append(p)
+    out = []
+    for key, ps in by_key.items():
+        if len(ps) == 1:
+            out.append(ps[0])
+            continue
+        values = list(dict.fromkeys(v for p in ps for v in p.values))
+        same = all(p.distribution == ps[0].distribution for p in ps)
+        out.append(Param(key, " | ".join(dict.fromkeys(p.text for p in ps)),
+                         ps[0].distribution if same else CategoricalDistribution(values), values,
+                         raw={k: v for p in ps for k, v in p.raw.items()}))
+    return out
+
+
+def _order(raw: dict) -> tuple[str, int]:
+    # blocks are shuffled unless `order: grid` says otherwise (then the units stay in block order)
+    order, order_seed = raw.get("order", "shuffled" if "blocks" in raw else "grid"), raw.get("order_seed", 0)
+    if order not in ORDERS:
+        _bad("order", order, "grid (a trial is a grid point, its seeds back to back) or shuffled (one per (point, seed))")
+    if order == "shuffled" and "search_space" in raw:
+        _bad("order", order, "grid (or none) with search_space: (the sampler picks); shuffled needs grid: or blocks:")
+    if isinstance(order_seed, bool) or not isinstance(order_seed, int):
+        _bad("order_seed", order_seed, "an integer (it seeds the shuffle of order: shuffled)")
+    return order, order_seed
 
 
 def _component(raw: Any, key: str, table: dict, default: str) -> dict[str, Any]:
@@ -221,25 +320,33 @@ def parse_spec(raw: dict[str, Any]) -> SweepSpec:
     name = str(raw.get("name") or "")
     if not name or any(c in name for c in "/\\ ") or len(name) > 100:
         _bad("name", name, "a non-empty name without spaces or slashes (<= 100 characters)")
-    if ("grid" in raw) == ("search_space" in raw):
-        _bad("search_space", None, "exactly one of search_space: (Optuna samples it) or grid: (every point once)")
-    sampler = _component(raw.get("sampler"), "sampler", SAMPLERS, "grid" if "grid" in raw else "tpe")
-    if "grid" in raw and sampler["name"] != "grid":
-        _bad("sampler.name", sampler["name"], "grid (or leave sampler out) with a grid: section")
-    params = _params(raw.get("grid", raw.get("search_space")), "grid" if "grid" in raw else "search_space")
+    spaces = [k for k in ("grid", "search_space", "blocks") if k in raw]
+    if len(spaces) != 1:
+        _bad(spaces[-1] if spaces else "search_space", " and ".join(spaces) or None,
+             "exactly one of search_space: (Optuna samples it), grid: (every point once) or blocks: (groups of "
+             "grid points, each with its own seeds)")
+    gridded = "search_space" not in raw
+    sampler = _component(raw.get("sampler"), "sampler", SAMPLERS, "grid" if gridded else "tpe")
+    if gridded and sampler["name"] != "grid":
+        _bad("sampler.name", sampler["name"], f"grid (or leave sampler out) with a {spaces[0]}: section")
+    order, order_seed = _order(raw)
+    seeds = _seeds(raw.get("seeds", [0]))
+    if "blocks" in raw:
+        blocks = _blocks(raw["blocks"], seeds)
+        params = _merge(blocks)
+    else:
+        params = _params(raw.get("grid", raw.get("search_space")), "grid" if "grid" in raw else "search_space")
+        blocks = [Block(params, seeds)] if order == "shuffled" else []
     experiment = str(raw.get("experiment") or "default")
     objectives = _objectives(raw.get("objectives", [{"metric": "eval/accuracy", "direction": "maximize"}]))
     pruner = _component(raw.get("pruner"), "pruner", PRUNERS, "none")
     if len(objectives) > 1 and pruner["name"] != "none":
         _bad("pruner.name", pruner["name"], "none for a multi-objective study (Optuna prunes single objectives only)")
     if sampler["name"] == "grid":
-        continuous = [p.key for p in params if not p.finite]
-        if continuous:
-            _bad(f"grid.{continuous[0]}", params[[p.key for p in params].index(continuous[0])].text,
-                 "a finite choice(...) or range(...) in a grid (interval has no grid points)")
+        _finite(params, "grid")
     spec = SweepSpec(
         name=name, experiment=experiment, params=params, objectives=objectives,
-        seeds=_seeds(raw.get("seeds", [0])), description=str(raw.get("description") or ""),
+        seeds=seeds, description=str(raw.get("description") or ""),
         overrides=_overrides(raw.get("overrides")) + list(raw.get("cli_overrides", [])),
         sampler=sampler, pruner=pruner,
         n_trials=_number(raw, "n_trials", 20, none_ok=sampler["name"] == "grid") or 0,
@@ -247,6 +354,7 @@ def parse_spec(raw: dict[str, Any]) -> SweepSpec:
         failure_limit=_number(raw, "failure_limit", 3),
         heartbeat_s=_number(raw, "heartbeat_s", 30), max_retry=_number(raw, "max_retry", 3, lo=0),
         nproc_per_trial=_number(raw, "nproc_per_trial", 1), source=raw,
+        order=order, order_seed=order_seed, blocks=blocks,
     )
     overridden = {o.split("=", 1)[0].lstrip("+~") for o in spec.overrides}
     both = [p.key for p in params if p.key in overridden]
@@ -257,3 +365,40 @@ def parse_spec(raw: dict[str, Any]) -> SweepSpec:
 
 def load_spec(path: str | Path, args: list[str] | None = None) -> SweepSpec:
     return parse_spec(apply_cli(read_spec_file(path), list(args or [])))
+
+
+def restrict_blocks(raw_blocks: list[dict], experiments: list[str], base: str | None = None) -> list[dict]:
+    """The spec's `blocks:` (as written) narrowed to `experiments` (`treepo-lab paper --only`): each block keeps
+    only those values of its `experiment` key; a key conditioned (when:) on experiment keeps the kept values and
+    is dropped when none is left (with any key conditioned on it); a block left without an experiment is dropped.
+    A block with no experiment key runs the spec's base experiment: kept when `base` is None or listed."""
+    out = []
+    for block in copy.deepcopy(list(raw_blocks)):
+        grid = block.get("grid") or {}
+        if "experiment" not in grid:
+            if base is None or base in experiments:
+                out.append(block)
+            continue
+        kept, dropped = {}, set()
+        for key, entry in grid.items():
+            when = dict(entry.get("when") or {}) if isinstance(entry, dict) else {}
+            if key == "experiment":
+                values = parse_values(key, entry["values"] if isinstance(entry, dict) else entry).values
+                left = [v for v in values if v in experiments]
+                if not left:
+                    break
+                kept[key] = {**entry, "values": left} if isinstance(entry, dict) else left
+            elif set(when) & dropped:  # conditioned on a key no trial of this block has any more
+                dropped.add(key)
+            elif "experiment" in when:
+                cond = when["experiment"] if isinstance(when["experiment"], list) else [when["experiment"]]
+                when["experiment"] = [v for v in cond if v in experiments]
+                if when["experiment"]:
+                    kept[key] = {**entry, "when": when}
+                else:
+                    dropped.add(key)
+            else:
+                kept[key] = entry
+        else:
+            out.append({**block, "grid": kept})
+    return out

@@ -11,14 +11,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.sweep.space import grid_points
+from treepo_lab.sweep.space import grid_points, units
 from treepo_lab.sweep.spec import PRUNERS, SAMPLERS, SweepSpec, parse_spec
 from treepo_lab.tags import (ERROR_ATTR, FAIL_REASON_ATTR, FAILURE_WINDOW_ATTR, INTERRUPTED_ATTR,  # noqa: F401
                               OBJECTIVE_STD_ATTR, PARENT_ATTR, RUNS_ATTR, SEED_VALUES_ATTR, SPEC_ATTR, STOP_ATTR,
                               URI_ATTR)
 
-# what must stay the same for a re-run to resume a study rather than start a different one
-IDENTITY = ("experiment", "overrides", "cli_overrides", "search_space", "grid", "objectives", "seeds")
+# what must stay the same for a re-run to resume a study rather than start a different one (a field a spec
+# leaves out reads None, so specs written before a field existed keep resuming their studies)
+IDENTITY = ("experiment", "overrides", "cli_overrides", "search_space", "grid", "blocks", "objectives", "seeds",
+            "order", "order_seed")
 
 
 def make_sampler(spec: SweepSpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -59,9 +61,9 @@ def create_study(spec: SweepSpec, storage, tracking_uri: str) -> optuna.Study:
                                 sampler=make_sampler(spec), pruner=make_pruner(spec))
     study.set_user_attr(SPEC_ATTR, spec.source)
     study.set_user_attr(URI_ATTR, tracking_uri)
-    if spec.grid:  # every point once, in order; workers only pop these
-        for point in grid_points(spec.params):
-            study.enqueue_trial(point)
+    if spec.grid:  # every point (unit sweeps: every (point, seed), seed a param) once, in order; workers only pop these
+        for params in units(spec) if spec.per_unit else grid_points(spec.params):
+            study.enqueue_trial(params)
     return study
 
 

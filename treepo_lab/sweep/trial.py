@@ -5,6 +5,9 @@ Seeds and pruning: the seeds run one after the other, and every held-out evaluat
 is reported to Optuna as step i*(trainer.steps+1)+s. A trial is thus compared with the other trials on
 the same seed at the same training step, and a pruned trial stops at once (its remaining seeds never run).
 A retried trial (its worker died) reuses the seeds its predecessor finished, and their MLflow runs.
+
+A unit sweep (order: shuffled, blocks:) gives each trial one seed, its Optuna parameter `seed` (so a retry
+reruns the same seed): the trial runs that seed only, reported at step s, and its objective is that seed's value.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from treepo_lab import tags
 from treepo_lab.sweep import mlflow_runs as mr
 from treepo_lab.sweep import study as st
 from treepo_lab.sweep.grammar import override_value
-from treepo_lab.sweep.space import run_name, suggest, trial_config
+from treepo_lab.sweep.space import run_name, suggest, suggest_unit, trial_config
 from treepo_lab.sweep.spec import SweepSpec
 from treepo_lab.train.run import run_experiment
 
@@ -60,10 +63,10 @@ def final_values(spec: SweepSpec, history: list[dict]) -> list[float]:
 class PruningHook:
     """Trainer on_eval hook: report the first objective, raise TrialPruned when Optuna says so."""
 
-    def __init__(self, trial: optuna.Trial, spec: SweepSpec, seed_index: int, steps: int, runs: dict):
+    def __init__(self, trial: optuna.Trial, spec: SweepSpec, seed: int, seed_index: int, steps: int, runs: dict):
         self.trial, self.metric, self.offset = trial, spec.objectives[0].metric, seed_index * (steps + 1)
         self.prunable = spec.pruner["name"] != "none"
-        self.runs, self.seed = runs, spec.seeds[seed_index]
+        self.runs, self.seed = runs, seed
 
     def __call__(self, step: int, metrics: dict) -> None:
         if str(self.seed) not in self.runs and mlflow.active_run() is not None:
@@ -119,7 +122,11 @@ def swept_tags(point: dict[str, Any]) -> dict[str, str]:
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
     spec = ctx.spec
-    point = suggest(trial, spec.params)
+    if spec.per_unit:  # one seed, enqueued as the trial's `seed` param (never a config override: cfg.seed)
+        point, seed = suggest_unit(trial, spec)
+        seeds = [seed]
+    else:
+        point, seeds = suggest(trial, spec.params), spec.seeds
     runs: dict[str, str] = dict(trial.user_attrs.get(st.RUNS_ATTR, {}))
     seed_values: dict[str, list[float]] = dict(trial.user_attrs.get(st.SEED_VALUES_ATTR, {}))
     for seed in list(seed_values):  # finished by the trial this one retries: keep, renamed
@@ -129,7 +136,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
     runs = {s: r for s, r in runs.items() if s in seed_values}
     trial.set_user_attr(st.RUNS_ATTR, runs)
     timing = {"run_s": 0.0, "train_s": 0.0}  # run_experiment, and its training loop (benchmarks/sweep.py)
-    for i, seed in enumerate(spec.seeds):
+    for i, seed in enumerate(seeds):
         if str(seed) in seed_values:
             continue
         try:
@@ -142,7 +149,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             if spec.nproc_per_trial > 1:
                 run_id, history, wall_s = _run_ranks(ctx, cfg, trial.number, seed)
             else:
-                hook = PruningHook(trial, spec, i, cfg.trainer.steps, runs)
+                hook = PruningHook(trial, spec, seed, i, cfg.trainer.steps, runs)
                 trainer, history = run_experiment(cfg, sweep_id=spec.name, trial=trial.number,
                                                   parent_run_id=ctx.parent_run_id, progress=False, on_eval=hook)
                 run_id, wall_s = trainer.tracker.run_id, trainer.wall_s
@@ -172,7 +179,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float]:
             raise
         seed_values[str(seed)] = values
         trial.set_user_attr(st.SEED_VALUES_ATTR, seed_values)
-    per_objective = list(zip(*[seed_values[str(s)] for s in spec.seeds]))
+    per_objective = list(zip(*[seed_values[str(s)] for s in seeds]))
     means = [statistics.fmean(v) for v in per_objective]
     trial.set_user_attr(tags.OBJECTIVE_STD_ATTR, [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_objective])
     return means

@@ -13,8 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from treepo_lab.config import ExperimentConfig, list_experiments
 from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import metrics
-from treepo_lab.sweep.grammar import override_value
-from treepo_lab.sweep.space import grid_points, marginal_points, trial_config
+from treepo_lab.sweep.space import checked_units, point_text, trial_config
 from treepo_lab.sweep.spec import SweepSpec
 
 SPECIAL = ("experiment",)
@@ -77,28 +76,24 @@ def check_objectives(spec: SweepSpec) -> None:
                                                                " (eval/accuracy, cumulative/rollout/decoded_tokens, ...)"))
 
 
-def _point_text(point: dict) -> str:
-    return " ".join(f"{k}={override_value(v)}" for k, v in point.items()) or "(the fixed overrides)"
-
-
 def check_points(spec: SweepSpec) -> int:
-    """Compose and validate every point (or each value); returns how many points were checked."""
-    points = None if any(not p.finite for p in spec.params) else grid_points(spec.params)
-    checked = points if points is not None else marginal_points(spec.params)
-    for point in checked or [{}]:
+    """Compose and validate every point (or each value; every unit of a unit sweep); returns how many were checked."""
+    checked = checked_units(spec)
+    for point, seed in checked:
+        where = point_text(point) + (f" seed={seed}" if spec.per_unit else "")
         try:
-            trial_config(spec, point, spec.seeds[0])
+            trial_config(spec, point, seed)
         except ConfigError as err:
-            raise ConfigError(err.key, err.value, f"{err.allowed} (sweep point {_point_text(point)})") from None
+            raise ConfigError(err.key, err.value, f"{err.allowed} (sweep point {where})") from None
         except (HydraException, OmegaConfBaseException) as err:
             first = str(err).strip().splitlines()[0]
-            raise ConfigError("overrides", _point_text(point), f"values the config accepts ({first})") from None
-    return len(checked or [{}])
+            raise ConfigError("overrides", where, f"values the config accepts ({first})") from None
+    return len(checked)
 
 
 def validate_spec(spec: SweepSpec) -> SweepSpec:
     for p in spec.params:
-        check_key(p.key, "grid" if spec.grid else "search_space")
+        check_key(p.key, "blocks" if "blocks" in spec.source else "grid" if spec.grid else "search_space")
     for o in spec.overrides:
         check_key(o.split("=", 1)[0].lstrip("+~"), "overrides")
     check_experiments(spec)
