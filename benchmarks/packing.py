@@ -18,6 +18,7 @@ before and after is recorded; timings are medians of noisy runs.
 
   python benchmarks/packing.py             # full (a few minutes on 2 CPU cores)
   python benchmarks/packing.py --smoke     # seconds: random tiny model, small sizes (plumbing)
+  python benchmarks/packing.py --device cuda   # on a GPU: peak memory is then CUDA's peak allocation
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl", type=float, default=0.0, help="loss.kl_coef (> 0 adds the reference forward)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the model runs (auto: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/packing.json"))
     p.add_argument("--smoke", action="store_true", help="tiny random model and sizes: checks the plumbing")
@@ -77,15 +80,32 @@ def _status_kib(key: str) -> int:
 
 
 class PeakRSS:
-    """Peak growth of the resident set over a block: freed heap handed back first, peak counter reset."""
+    """Peak growth of the resident set over a block: freed heap handed back first, peak counter reset.
+    On CUDA (`cuda=True`) the peak growth of CUDA's allocated memory instead (host RSS says nothing there)."""
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
 
     def __enter__(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+            return self
         _libc.malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         self.before = _status_kib("VmRSS")
         return self
 
     def __exit__(self, *exc):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.mib = (torch.cuda.max_memory_allocated() - self.before) / 2**20
+            return
         self.mib = (_status_kib("VmHWM") - self.before) / 1024
 
 
@@ -121,7 +141,7 @@ def load(args):
 
     from treepo_lab.models.load import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(smoke_model_dir() if args.smoke else warm_model_dir(600))
+    model, tok = load_model_and_tokenizer(smoke_model_dir() if args.smoke else warm_model_dir(600), device=args.device)
     args.prompts_file = None  # held-out arithmetic problems, as in the rollout benchmark
     return model, tok, [tok(t)["input_ids"] for t in load_prompts(args, tok)]
 
@@ -237,6 +257,9 @@ def main(argv=None) -> dict:
 
     load_before = os.getloadavg()
     model, tok, prompts = load(args)
+    cuda = next(model.parameters()).is_cuda
+    args.device = "cuda" if cuda else "cpu"  # auto resolved, as the JSON's meta records it
+    mem_kind = "CUDA" if cuda else "RSS"
     rows_spec = [("tree", args.branch, d, l) for d, l in args.grid] + [("grpo", 1, d, l) for d, l in args.grpo_grid]
     results = []
     for kind, b, d, l in rows_spec:
@@ -246,9 +269,11 @@ def main(argv=None) -> dict:
         wl.update("flat")
         for r in range(args.repeats):
             for side in (("flat", "tree") if r % 2 == 0 else ("tree", "flat")):
-                with PeakRSS() as mem:
+                with PeakRSS(cuda) as mem:
                     t0 = time.perf_counter()
                     stats = wl.update(side)
+                    if cuda:
+                        torch.cuda.synchronize()
                     wall = time.perf_counter() - t0
                 runs[side].append({"wall_s": wall, "peak_rss_mib": mem.mib, **stats})
         med = {side: {k: statistics.median(x[k] for x in v) for k in v[0]} for side, v in runs.items()}
@@ -271,7 +296,7 @@ def main(argv=None) -> dict:
         row["wall_target"] = row["forwarded_token_ratio"] + 0.15
         results.append(row)
         print(f"{row['name']:<24} tokens {row['forwarded_token_ratio']:.3f}  wall {row['update_wall_ratio']:.3f} "
-              f"(target <= {row['wall_target']:.3f})  peak RSS {row['peak_memory_ratio'] or float('nan'):.3f}  "
+              f"(target <= {row['wall_target']:.3f})  peak {mem_kind} {row['peak_memory_ratio'] or float('nan'):.3f}  "
               f"saved {row['saved_for_backward_ratio']:.3f}  grad diff {grad_diff:.2e}", flush=True)
     head = next((r for r in results if (r["kind"], r["b"], r["d"], r["l"]) == HEADLINE), results[0])
     out = {k: head[k] for k in ("forwarded_token_ratio", "update_wall_ratio", "peak_memory_ratio",
@@ -282,7 +307,8 @@ def main(argv=None) -> dict:
                 "meta": {**{k: v for k, v in vars(args).items() if k not in ("grid", "grpo_grid")},
                          "grid": [f"{d}x{l}" for d, l in args.grid],
                          "grpo_grid": [f"{d}x{l}" for d, l in args.grpo_grid],
-                         "memory": "peak RSS growth (Linux VmHWM after /proc/self/clear_refs, heap trimmed)"}})
+                         "memory": "peak CUDA allocation growth (torch.cuda.max_memory_allocated)" if cuda else
+                         "peak RSS growth (Linux VmHWM after /proc/self/clear_refs, heap trimmed)"}})
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))

@@ -16,6 +16,7 @@ d x l. The best row is the tree row (b=2) with the lowest tree/sequential wall r
   .venv-vllm/bin/python benchmarks/rollout.py --engine vllm    # + vLLM rows (and the HF rows beside)
   python benchmarks/rollout.py --mode gpu --model DIR  # the paper's efficiency setup on one GPU
   python benchmarks/rollout.py --smoke                # a few seconds, random tiny model (tests)
+  python benchmarks/rollout.py --device cuda          # the CPU-sized setup, HF engine on a GPU (gpu_check.sh)
   python benchmarks/rollout.py --profile 30   # cProfile the best row
 """
 from __future__ import annotations
@@ -60,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: the paper's setup (many prompts x 16-64 rollouts, d*l = 7168); needs CUDA")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where the HF model runs (default: cuda in --mode gpu, else cpu); sizes follow --mode")
     p.add_argument("--engine", choices=("hf", "vllm"), default=None,
                    help="hf (default on cpu) or vllm (default on gpu; on cpu the HF rows run beside)")
     p.add_argument("--model", default=None,
@@ -96,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.grid = a.grid or "4x8,2x16"
         a.warmup, a.max_load = 0, float("inf")
     a.engine = a.engine or ("vllm" if gpu else "hf")
+    a.device = a.device or ("cuda" if gpu else "cpu")
     a.width = a.width or (64 if gpu else 16)
     a.prompts = a.prompts or (64 if gpu else 8)
     a.grid = a.grid or (GPU_GRID if gpu else CPU_GRID)
@@ -219,7 +223,7 @@ class Bench:
         from treepo_lab.models.load import load_model_and_tokenizer
 
         self.args, self.model_dir = args, model_dir
-        device = "cuda" if args.mode == "gpu" else "cpu"
+        device = args.device
         need_hf = args.engine == "hf" or args.mode == "cpu"  # on a GPU, vLLM alone holds the model
         if need_hf:
             self.model, self.tok = load_model_and_tokenizer(model_dir, device=device)
@@ -365,6 +369,8 @@ def main(argv=None) -> dict:
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     import torch
 
+    if args.device == "cuda" and args.mode == "cpu" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
     if args.mode == "gpu" and not torch.cuda.is_available():
         raise SystemExit("--mode gpu needs a CUDA GPU, and torch sees none here. On a CPU machine run "
                          "the default --mode cpu; on a GPU machine install the [vllm-gpu] extra and pass "
@@ -403,7 +409,7 @@ def main(argv=None) -> dict:
     rows = [{"name": s.name, "engine": s.engine, "kind": s.kind, "d": s.d, "l": s.l,
              "b": s.b if s.kind == "tree" else None, "init_div": s.init_div, **median_row(v)}
             for s, v in runs.items()]
-    meta = {"mode": args.mode, "engine": args.engine, "model": model_dir, "width": args.width,
+    meta = {"mode": args.mode, "device": args.device, "engine": args.engine, "model": model_dir, "width": args.width,
             "branch": args.branch, "init_div": args.init_div, "prompts": len(bench.prompts),
             "budget": args.budget, "grid": [f"{d}x{l}" for d, l in args.grid], "repeats": args.repeats,
             "threads": args.threads, "seed": args.seed, "hf_decode": args.hf_decode,

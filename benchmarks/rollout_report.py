@@ -116,7 +116,7 @@ def print_report(result: dict) -> None:
     console = Console(width=None if Console().is_terminal else 220)  # a pipe must not wrap the table
     meta, rows = result["meta"], result["rows"]
     vllm = any(r["engine"] == "vllm" for r in rows)
-    t = Table(title=f"rollout compute: {meta['prompts']} prompts x w={meta['width']}, budget d*l="
+    t = Table(title=f"rollout compute ({meta.get('device', 'cpu')}): {meta['prompts']} prompts x w={meta['width']}, budget d*l="
                     f"{meta['budget']}, b={meta['branch']}, medians of "
                     f"{meta['repeats']}, {meta['threads']} thread(s), load {meta['load_average']}")
     cols = ["row", "wall s", "decoded", "prefill", "traj/s", "tok/seq", "wall/seq", "wall/seq same dxl",
