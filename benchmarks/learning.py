@@ -3,15 +3,21 @@ tasks/chain.py: 4-operation chains, a method chosen up front; `--task arith` for
 every method ends within a point of the others).
 
 Each method trains the same warm-started model for the same number of steps, per seed; held-out greedy
-accuracy (>= 1000 problems) is measured before and after, with bootstrap 95% intervals over problems.
-Prints a table and writes JSON (`accuracy_before`, and per method `accuracy_after`, `ci95`,
-`decoded_tokens`, `wall_s`, `update_s` and `step_s` (means per training step), per seed). Runs log to an
+accuracy (>= 1000 problems) is measured before and after. The seed is the unit of replication: each seed's
+final held-out accuracy is one observation, and a method's interval is the 95% t interval of their mean
+over seeds (scipy.stats.t, n-1 degrees of freedom; none with one seed), not a bootstrap over the pooled
+per-problem results (problems of one run are not independent replications of training). Where a method
+shares seeds with GRPO (same packing), the paired difference by seed (method - GRPO) gets its own mean and
+t interval. Prints a table and writes JSON (`accuracy_before`, and per method `accuracy_after` (mean over
+seeds), `ci95` (t interval over seeds), `vs_grpo` (paired by seed: `seeds`, `diff`, `mean`, `ci95`),
+`decoded_tokens`, `wall_s`, `cpu_s`, `update_s` and `step_s` (means per training step), and per seed its run's
+numbers with `eval_ci95`, the bootstrap interval over that one evaluation's problems). Runs log to an
 MLflow store beside the JSON.
 
 Each method runs with tree packing of the policy update on (`trainer.packing=tree`, the default) and off
 (`flat`, entries named `<method>/flat`); the packing table compares their update and step times, and
 checks that TreePO's step gets >= 25% faster with packing while its accuracy stays inside the unpacked
-run's interval.
+runs' interval over seeds (not checked with one seed).
 
     python benchmarks/learning.py            # 5 seeds x 3 methods x 2 packings, 60 steps
     python benchmarks/learning.py --steps 24 --eval-problems 500 --packing tree   # 5 seeds: 5 min measured
@@ -30,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from scipy import stats
 from rich.table import Table
 
 from treepo_lab.config import load_config
@@ -67,16 +74,40 @@ def run_one(method: str, seed: int, args, store: str, packing: str = "tree") -> 
         "seed": seed,
         "accuracy_before": evals[0]["eval/accuracy"] if len(evals) > 1 else None,
         "accuracy_after": evals[-1]["eval/accuracy"],
-        "ci95": list(bootstrap_ci(per_problem, seed=seed)),
+        "eval_ci95": list(bootstrap_ci(per_problem, seed=seed)),  # this one evaluation's, over its problems
         "per_problem_correct": per_problem,
         "decoded_tokens": last_step[-1]["cumulative/rollout/decoded_tokens"] if last_step else 0.0,
         "prefill_tokens": last_step[-1]["cumulative/rollout/prefill_tokens"] if last_step else 0.0,
         "wall_s": last_step[-1]["time/wall_s"] if last_step else 0.0,
+        "cpu_s": last_step[-1]["time/cpu_s"] if last_step else 0.0,  # training CPU seconds, all processes
         "update_s": float(np.mean([h["timing_s/update"] for h in steps])) if steps else 0.0,  # per step
         "step_s": float(np.mean([h["timing_s/step"] for h in steps])) if steps else 0.0,
         "steps": trainer.step,
         "run_id": getattr(trainer.tracker, "run_id", None),
     }
+
+
+def t_interval(values) -> list[float] | None:
+    """95% t interval of the mean of per-seed values; None with fewer than two (JSON null)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return [float(v.mean()) - half, float(v.mean()) + half]
+
+
+def paired_vs(runs: list[dict], base: list[dict]) -> dict | None:
+    """The per-seed difference of final accuracy (runs - base) over the seeds both have."""
+    by_seed = {r["seed"]: r["accuracy_after"] for r in base}
+    seeds = [r["seed"] for r in runs if r["seed"] in by_seed]
+    if not seeds:
+        return None
+    diff = [r["accuracy_after"] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
+    return {"seeds": seeds, "diff": diff, "mean": float(np.mean(diff)), "ci95": t_interval(diff)}
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def packing_table(methods: dict, names: list[str], console) -> dict:
@@ -88,18 +119,19 @@ def packing_table(methods: dict, names: list[str], console) -> dict:
     out = {}
     for m in names:
         t, f = methods[m], methods[f"{m}/flat"]
+        inside = None if f["ci95"] is None else bool(f["ci95"][0] <= t["accuracy_after"] <= f["ci95"][1])
         out[m] = {"update_ratio": t["update_s"] / f["update_s"], "step_ratio": t["step_s"] / f["step_s"],
-                  "step_drop": 1 - t["step_s"] / f["step_s"],
-                  "accuracy_inside_flat_ci": bool(f["ci95"][0] <= t["accuracy_after"] <= f["ci95"][1])}
+                  "step_drop": 1 - t["step_s"] / f["step_s"], "accuracy_inside_flat_ci": inside}
         table.add_row(m, f"{t['update_s']:.2f}", f"{f['update_s']:.2f}", f"{out[m]['update_ratio']:.2f}",
                       f"{t['step_s']:.2f}", f"{f['step_s']:.2f}", f"{out[m]['step_ratio']:.2f}",
-                      f"{t['accuracy_after']:.3f}", f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
+                      f"{t['accuracy_after']:.3f}", _ci(f["ci95"]))
     console.print(table)
     if "treepo" in out:
         for name, ok in {"treepo step wall drops >= 25% with packing": out["treepo"]["step_drop"] >= 0.25,
-                         "treepo packed accuracy inside the flat run's 95% CI":
+                         "treepo packed accuracy inside the flat runs' 95% CI over seeds":
                              out["treepo"]["accuracy_inside_flat_ci"]}.items():
-            Console().print(f"{'PASS' if ok else 'MISS'}  {name}")
+            Console().print(f"{'SKIP' if ok is None else 'PASS' if ok else 'MISS'}  {name}"
+                            + (" (one seed: no interval)" if ok is None else ""))
     return out
 
 
@@ -145,26 +177,32 @@ def main() -> None:
     summary = {"accuracy_before": before, "seeds": args.seeds, "steps": args.steps,
                "eval_problems": args.eval_problems, "total_s": time.perf_counter() - t0, "methods": {}}
     base_tokens = np.mean([r["decoded_tokens"] for r in results.get("grpo", [])]) if "grpo" in results else None
-    console = Console(width=140)
+    console = Console(width=170)
     table = Table(title=f"held-out greedy accuracy (before: {before:.3f})")
-    for col in ("method", "accuracy_after (mean)", "95% CI (pooled)", "gain", "decoded tokens",
-                "tokens / grpo", "wall s", "update s/step", "step s"):
+    for col in ("method", "accuracy_after (mean)", "95% CI (seeds)", "gain", "vs grpo (paired)", "paired 95% CI",
+                "decoded tokens", "tokens / grpo", "wall s", "update s/step", "step s"):
         table.add_column(col)
     for method, runs in results.items():
-        pooled = [x for r in runs for x in r["per_problem_correct"]]
-        acc = float(np.mean([r["accuracy_after"] for r in runs]))
+        accs = [r["accuracy_after"] for r in runs]  # one observation per seed
+        acc = float(np.mean(accs))
         tokens = float(np.mean([r["decoded_tokens"] for r in runs]))
+        packing = method.split("/", 1)[1] if "/" in method else args.packing[0]
+        grpo = label("grpo", packing)  # the GRPO arm of the same packing
+        vs = paired_vs(runs, results[grpo]) if grpo in results and grpo != method else None
         entry = {
-            "accuracy_after": acc, "ci95": list(bootstrap_ci(pooled)), "gain": acc - before,
+            "accuracy_after": acc, "ci95": t_interval(accs), "n_seeds": len(runs), "gain": acc - before,
+            "vs_grpo": vs,
             "decoded_tokens": tokens, "wall_s": float(np.mean([r["wall_s"] for r in runs])),
+            "cpu_s": float(np.mean([r["cpu_s"] for r in runs])),
             "update_s": float(np.mean([r["update_s"] for r in runs])),
             "step_s": float(np.mean([r["step_s"] for r in runs])), "packing": runs[0]["packing"],
             "tokens_vs_grpo": tokens / base_tokens if base_tokens else None,
             "per_seed": [{k: v for k, v in r.items() if k != "per_problem_correct"} for r in runs],
         }
         summary["methods"][method] = entry
-        table.add_row(method, f"{acc:.3f}", f"[{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]", f"{acc - before:+.3f}",
-                      f"{tokens:.0f}", f"{entry['tokens_vs_grpo']:.2f}" if base_tokens else "-", f"{entry['wall_s']:.0f}",
+        table.add_row(method, f"{acc:.3f}", _ci(entry["ci95"]), f"{acc - before:+.3f}",
+                      f"{vs['mean']:+.3f}" if vs else "-", _ci(vs["ci95"]) if vs else "-", f"{tokens:.0f}",
+                      f"{entry['tokens_vs_grpo']:.2f}" if base_tokens else "-", f"{entry['wall_s']:.0f}",
                       f"{entry['update_s']:.2f}", f"{entry['step_s']:.2f}")
     console.print(table)
     if len(args.packing) == 2:

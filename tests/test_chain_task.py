@@ -1,5 +1,5 @@
-"""The harder embedded task (tasks/chain.py): its two methods, the warm start's flaw, config errors, and that
-arith's warm-start cache keys did not move."""
+"""The harder embedded tasks (tasks/chain.py): chain's two methods, the warm start's flaw, config errors, and that
+arith's and chain's warm-start cache keys and draws did not move; chain_mid's decisive step, its answers, its demos."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ from treepo_lab.models.warmstart import cache_key, flawed_demonstration
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks.arith import Chain
 from treepo_lab.tasks.build import build_task
-from treepo_lab.tasks.chain import can_flaw, grouped_text, in_order_text
+from treepo_lab.tasks.chain import can_flaw, can_skip, grouped_text, in_order_text
 from treepo_lab.tasks.config import TaskConfig
 
 CHAIN = dict(name="chain", difficulty=4, operand_max=19, held_out_size=50)
@@ -74,6 +74,110 @@ def test_experiments_run_on_chain_by_override():
     (["warmstart.grouped_share=1.5"], "warmstart.grouped_share"),
 ])
 def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        cfg = load_config("default", overrides)
+        build_task(cfg.task)
+
+
+# ---- chain_mid: the decision in a middle segment ---------------------------------------------------------
+
+MID = dict(name="chain_mid", difficulty=4, operand_max=19, held_out_size=200)
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+
+
+def test_chain_draws_are_unchanged():
+    # the ids of chain's held-out problems and of its first training draws, as before chain_mid existed
+    import hashlib
+
+    task = build_task(TaskConfig(**{**CHAIN, "held_out_size": 200}))
+    ids = [p.id for p in task.held_out()] + [p.id for p in task.sample(200, np.random.default_rng(0))]
+    assert hashlib.sha256("|".join(ids).encode()).hexdigest()[:16] == "ff50d48882eb5338"
+    assert ids[200:203] == ["17+13+2-1-10", "12-8-3-1+8", "17+15+14-1+11"]
+
+
+@pytest.mark.parametrize("step, segment", [(3, 4), (2, 3)])
+def test_mid_decision_sits_in_a_middle_segment(step, segment):
+    task = build_task(TaskConfig(**{**MID, "decisive_step": step}))
+    problems = task.sample(400, np.random.default_rng(0)) + task.held_out()
+    bites = [can_skip(Chain.parse(p.id), step) for p in problems]
+    assert np.mean(bites) > 0.85  # always a subtraction, unless the running value was 0
+    l = 16  # the default segment length (rollout/config.py)
+    segments = []
+    for p, bite in zip(problems, bites):
+        chain = Chain.parse(p.id)
+        right, flawed = task.demonstration(p), task.demonstration(p, flawed=True)
+        assert right == in_order_text(chain) and 90 <= len(right) <= 112  # 6-7 segments of 16
+        assert min(chain.partials()) >= 0
+        if bite:
+            lines = flawed.splitlines()
+            value = chain.partials()[step - 1]
+            assert lines[step] == f"Step {step}: {value}+{chain.operands[step]}={value + chain.operands[step]}."
+            segments.append(_first_difference(right, flawed) // l + 1)  # 1-based segment of the deciding token
+        else:
+            assert flawed == right
+    assert set(segments) == {segment}  # the operator, copied from the prompt in the right version
+
+
+def test_mid_answers_are_checked_by_the_task():
+    task = build_task(TaskConfig(**MID))
+    chain = Chain((17, 13, 2, 4, 10), ("+", "+", "-", "+"))
+    p = task.problem(chain)
+    right, flawed = task.demonstration(p), task.demonstration(p, flawed=True)
+    assert right.endswith("Step 3: 32-4=28.\nStep 4: 28+10=38.\nThe answer is \\boxed{38}")
+    assert flawed.endswith("Step 3: 32+4=36.\nStep 4: 36+10=46.\nThe answer is \\boxed{46}")
+    assert task.score(right, p).correct and not task.score(flawed, p).correct
+    for q in task.sample(300, np.random.default_rng(2)):
+        assert task.score(task.demonstration(q), q).correct
+        assert task.score(task.demonstration(q, flawed=True), q).correct == (not can_skip(Chain.parse(q.id), 3))
+    held = {q.id for q in task.held_out()}
+    assert len(held) == 200 and not held & {q.id for q in task.sample(2000, np.random.default_rng(0))}
+
+
+def test_mid_warm_demonstrations_follow_the_rate():
+    task = build_task(TaskConfig(**MID))
+    cfg = WarmstartConfig(task=TaskConfig(**MID), step_flaw_rate=0.6)
+    rng = np.random.default_rng(1)
+    problems = task.sample(800, rng)
+    demos = [flawed_demonstration(task, p, cfg, rng) for p in problems]
+    assert all(d.startswith("A: In order.\nStep 1: ") for d in demos)  # one method only
+    flawed = [d != task.demonstration(p) for d, p in zip(demos, problems)]
+    wrong = [not task.score(d, p).correct for d, p in zip(demos, problems)]
+    assert flawed == wrong
+    bite = np.mean([can_skip(Chain.parse(p.id), 3) for p in problems])
+    assert abs(np.mean(flawed) - 0.6 * bite) < 0.05
+
+
+def test_mid_cache_keys():
+    mid = WarmstartConfig(task=TaskConfig(**MID))
+    chain = WarmstartConfig(task=TaskConfig(**CHAIN))
+    assert cache_key(chain) == "a8689ab925f4f065"  # chain's entry before chain_mid existed
+    assert cache_key(WarmstartConfig(task=TaskConfig(**CHAIN), step_flaw_rate=0.1)) == "a8689ab925f4f065"
+    assert cache_key(WarmstartConfig(step_flaw_rate=0.1)) == "dd9ab709ff4fbb15"  # arith's, too
+    assert cache_key(WarmstartConfig(task=TaskConfig(**{**CHAIN, "decisive_step": 2}))) == "a8689ab925f4f065"
+    assert cache_key(mid) not in (cache_key(chain), cache_key(WarmstartConfig()))
+    assert cache_key(mid) != cache_key(WarmstartConfig(task=TaskConfig(**MID), step_flaw_rate=0.5))
+    assert cache_key(mid) != cache_key(WarmstartConfig(task=TaskConfig(**{**MID, "decisive_step": 2})))
+    assert cache_key(mid) == cache_key(WarmstartConfig(task=TaskConfig(**MID), flaw_rate=0.1, grouped_share=0.1))
+    assert cache_key(mid) == cache_key(WarmstartConfig(task=TaskConfig(**{**MID, "held_out_size": 7})))
+
+
+def test_mid_runs_by_override():
+    cfg = load_config("treepo_fixed_init", ["task.name=chain_mid", "task.difficulty=4", "task.operand_max=19"])
+    ws = warmstart_config(cfg)
+    assert ws.task.name == "chain_mid" and ws.task.decisive_step == 3 and ws.step_flaw_rate == 0.6
+    assert TaskConfig().decisive_step == 3 and WarmstartConfig().flaw_rate == 0.8  # chain's knobs as they were
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task.name=chain_mid", "task.difficulty=4", "task.decisive_step=0"],
+    ["task.name=chain_mid", "task.difficulty=2", "task.decisive_step=3"],
+    ["task.name=chain_mid", "task.difficulty=4", "task.operand_max=19", "warmstart.step_flaw_rate=1.5"],
+])
+def test_mid_bad_values_name_the_key(overrides):
+    key = "warmstart.step_flaw_rate" if "step_flaw_rate" in overrides[-1] else "task.decisive_step"
     with pytest.raises(ConfigError, match=key):
         cfg = load_config("default", overrides)
         build_task(cfg.task)

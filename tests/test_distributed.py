@@ -41,6 +41,7 @@ BASE = [o for o in FAST if not o.startswith(("tracking.", "trainer.steps", "trai
     # within float noise of 0 can flip; at 1e-3 such flips alone approach the 1e-5 tolerance
     "trainer.steps=2", "trainer.prompts_per_step=4", "trainer.mini_batch_prompts=2", "trainer.save_every=2",
     "trainer.lr=1e-4", "eval.batch_size=4",  # 2 chunks of the 8 held-out problems: one per rank
+    "eval.sample_k=2",  # the T=1 samples of each chunk too: eval/sample_accuracy as in one process
     "tracking.system_metrics=false", "tracking.log_trees_every=0"]
 # pairwise: each rank-count-independent knob both ways, each parallel mode with both
 CASES = {
@@ -58,7 +59,7 @@ VOLATILE_TAGS = ("treepo.world_size", "treepo.run_dir", "treepo.checkpoint")
 # metrics that are the same numbers at any world size (timings, per-micro-batch loss means are not)
 SAME_METRICS = ("critic/score/mean", "rollout/decoded_tokens", "rollout/generated_tokens", "response_length/mean",
                 "dynamic_sampling/kept_prompts", "dynamic_sampling/rounds", "eval/accuracy", "actor/grad_norm",
-                "cumulative/rollout/decoded_tokens", "eval/decoded_tokens", "eval/n_problems")
+                "cumulative/rollout/decoded_tokens", "eval/decoded_tokens", "eval/n_problems", "eval/sample_accuracy")
 
 
 JUDGE = Path(__file__).resolve().parent / "parity_judge.py"

@@ -68,7 +68,7 @@ def test_arith_held_out_too_large_is_a_config_error():
 
 
 def test_unknown_task_lists_the_names():
-    with pytest.raises(ConfigError, match="arith, chain, file"):
+    with pytest.raises(ConfigError, match="arith, chain, chain_mid, file"):
         build_task(TaskConfig(name="gsm"))
 
 

@@ -19,6 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from treepo_lab.registry import ConfigError
+from treepo_lab.tags import HOST_TAG
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.track.mlflow_tracker import EXPERIMENT_KIND, Tracker, TrackingError
 from treepo_lab.track.naming import default_experiment_name, flatten_config, git_commit, run_params, sanitize_key
@@ -167,6 +168,7 @@ def test_round_trip(store, tmp_path):
     assert len(params["long"]) == 500 and params["long"].endswith("...")
     assert tags["treepo.experiment"] == "roundtrip" and tags["treepo.seed"] == "3"
     assert tags["treepo.engine"] == "hf" and tags["treepo.device"] == "cpu" and tags["owner"] == "ci"
+    assert tags[HOST_TAG] == socket.gethostname() and HOST_TAG == "treepo.host"  # the machine it ran on
     assert tags["treepo.strategy"] == "treepo" and tags["treepo.strategy.shape"] == "8x16" and tags["treepo.version"]
     commit = git_commit()  # the checkout's commit, in MLflow's standard tag (absent outside a git checkout)
     assert tags.get("mlflow.source.git.commit") == (None if commit == "unknown" else commit)

@@ -79,7 +79,17 @@ def test_resume_after_kill_matches_uninterrupted_run(ws_cache, tmp_path):
 
     resumed = Trainer(make_cfg(ws_cache, *extra), run_dir=tmp_path / "killed", resume_from=last)
     assert resumed.step == 2
+    cpu_at_kill = killed.history[-1]["time/cpu_s"]  # the step-2 evaluation: the checkpoint's total
+    assert resumed.cpu_s == cpu_at_kill > 0
     after = resumed.fit(progress=False)
+    # training CPU seconds: > 0, growing every step, continued (not restarted) by the resume
+    for n, history in ((4, full), (2, after)):
+        steps = [h for h in history if "timing_s/cpu_step" in h]
+        cpu = [h["time/cpu_s"] for h in steps]
+        assert len(cpu) == n and all(h["timing_s/cpu_step"] > 0 for h in steps)
+        assert 0 < cpu[0] and all(a < b for a, b in zip(cpu, cpu[1:])) and all("time/wall_s" in h for h in steps)
+    assert after[0]["time/cpu_s"] == pytest.approx(cpu_at_kill + after[0]["timing_s/cpu_step"])
+    assert all("time/cpu_s" in h for h in full + after if "eval/accuracy" in h)  # beside time/wall_s
     expect = [_comparable(h) for h in full if h["train/step"] > 2]
     got = [_comparable(h) for h in after]
     assert len(got) == len(expect) and got
@@ -200,3 +210,70 @@ def test_skipped_steps_are_counted_and_said(ws_cache, capsys):
     assert trainer.skipped_steps == 1 and history[0]["train/skipped"] == 1.0
     err = capsys.readouterr().err
     assert "step 1 skipped" in err and "no step learned anything" in err
+
+
+def test_cpu_seconds_are_summed_over_ranks(ws_cache, monkeypatch):
+    """Each rank's CPU delta per step goes through the world's all_gather and is summed: the run's total."""
+    import dataclasses
+
+    from treepo_lab.train import trainer as trainer_module
+    from treepo_lab.train.distributed import World
+
+    @dataclasses.dataclass(frozen=True)
+    class TwoRankCpu(World):  # a world of one whose CPU gather answers for two equal ranks
+        def all_gather(self, obj):
+            return [obj, obj] if isinstance(obj, float) else [obj]
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(trainer_module, "process_cpu_s", lambda: float(next(ticks)))  # 1 s per reading
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=2"))
+    trainer.world = TwoRankCpu()
+    steps = [h for h in trainer.fit(progress=False) if "timing_s/cpu_step" in h]
+    assert [h["timing_s/cpu_step"] for h in steps] == [2.0, 2.0]
+    assert [h["time/cpu_s"] for h in steps] == [2.0, 4.0] and trainer.cpu_s == 4.0
+    trainer.close()
+
+
+def test_warmup_defaults_to_a_tenth_of_the_steps(ws_cache):
+    from treepo_lab.registry import ConfigError
+
+    cfg = load_config("default", ["trainer.steps=24"])
+    assert cfg.trainer.warmup_steps == 2  # resolved at validation: the logged config shows the number
+    assert load_config("default", ["trainer.steps=60"]).trainer.warmup_steps == 6
+    assert load_config("default", ["trainer.steps=4"]).trainer.warmup_steps == 0
+    assert load_config("default", ["trainer.steps=24", "trainer.warmup_steps=5"]).trainer.warmup_steps == 5
+    assert load_config("default", ["trainer.steps=24", "trainer.warmup_steps=24"]).trainer.warmup_steps == 24
+    for bad in (-1, 25):
+        with pytest.raises(ConfigError) as e:
+            load_config("default", ["trainer.steps=24", f"trainer.warmup_steps={bad}"])
+        assert e.value.key == "trainer.warmup_steps" and "\n" not in str(e.value)
+    # the schedule: linear over the resolved steps (the first step at half the peak of trainer.lr=1e-3)
+    trainer = Trainer(make_cfg(ws_cache, "trainer.steps=20", "trainer.warmup_steps=null"))
+    assert trainer.cfg.trainer.warmup_steps == 2
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    trainer.close()
+
+
+def test_eval_samples_give_a_smooth_accuracy_beside_the_greedy_one(ws_cache):
+    from treepo_lab.registry import ConfigError
+    from treepo_lab.train.config import EvalConfig
+
+    base = Trainer(make_cfg(ws_cache, "eval.n_problems=6", "eval.batch_size=4"))
+    greedy, _ = base.evaluate()
+    base.close()
+    trainer = Trainer(make_cfg(ws_cache, "eval.n_problems=6", "eval.batch_size=4", "eval.sample_k=2"))
+    first, records = trainer.evaluate()
+    again, _ = trainer.evaluate()
+    trainer.close()
+    assert 0.0 <= first["eval/sample_accuracy"] <= 1.0
+    timeless = lambda m: {k: v for k, v in m.items() if k != "eval/wall_s"}  # noqa: E731
+    assert timeless(first) == timeless(again)  # seeded: the same numbers twice
+    assert all(len(r["sample_correct"]) == 2 for r in records)
+    assert first["eval/sample_accuracy"] == pytest.approx(sum(c for r in records for c in r["sample_correct"]) / 12)
+    assert first["eval/accuracy"] == greedy["eval/accuracy"] and "eval/sample_accuracy" not in greedy
+    assert first["eval/decoded_tokens"] > greedy["eval/decoded_tokens"]  # the samples' tokens are counted
+    with pytest.raises(ConfigError) as e:
+        load_config("default", ["eval.sample_k=-1"])
+    assert e.value.key == "eval.sample_k" and "an integer >= 0" in str(e.value)
+    with pytest.raises(ConfigError, match="eval.sample_k"):
+        EvalConfig(sample_k=1.5).validate()

@@ -38,7 +38,7 @@ from treepo_lab.rollout.fallback import CANDIDATE_POLICIES, CUT_POLICIES
 from treepo_lab.rollout.sampler import SAMPLERS
 from treepo_lab.rollout.stopping import STOP_RULES
 from treepo_lab.tasks.build import check_task_names
-from treepo_lab.tasks.config import TaskConfig
+from treepo_lab.tasks.config import EMBEDDED_TASKS, TaskConfig
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.train.config import EvalConfig, TrainerConfig
 
@@ -166,7 +166,8 @@ def check_entries(cfg: ExperimentConfig) -> None:
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check every section, every name and the cross-field rules; raise ConfigError on the first bad
-    value. Returns the config with the sampler's shape resolved (max_depth, segment_len filled in)."""
+    value. Returns the config with the sampler's shape resolved (max_depth, segment_len filled in) and
+    trainer.warmup_steps null replaced by its number."""
     for key, seed in (("seed", cfg.seed), ("sampler.seed", cfg.sampler.seed), ("task.seed", cfg.task.seed),
                       ("warmstart.seed", cfg.warmstart.seed)):
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -175,6 +176,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for section in (cfg.model, cfg.warmstart, cfg.task, cfg.engine, cfg.advantage, cfg.loss, cfg.trainer,
                     cfg.eval, cfg.tracking):
         section.validate()
+    cfg = dataclasses.replace(cfg, trainer=cfg.trainer.resolved())  # trainer.warmup_steps null -> its number
     cfg.reward.validate(cfg.sampler.max_response_len)
     check_names(cfg)
     check_entries(cfg)
@@ -211,7 +213,7 @@ def _check_vllm(cfg: ExperimentConfig) -> None:
 def warmstart_config(cfg: ExperimentConfig) -> WarmstartConfig:
     """The embedded model is warm-started on the experiment's own embedded task (its difficulty and
     operand range), so `task.difficulty=3` trains and evaluates a model that has seen 3-step chains."""
-    if cfg.task.name in ("arith", "chain"):
+    if cfg.task.name in EMBEDDED_TASKS:
         return dataclasses.replace(cfg.warmstart, task=cfg.task)
     return cfg.warmstart
 

@@ -14,6 +14,7 @@ ENGINE_TAG = "treepo.engine"
 DEVICE_TAG = "treepo.device"
 VERSION_TAG = "treepo.version"
 WORLD_SIZE_TAG = "treepo.world_size"  # ranks of the run (trainer.nproc)
+HOST_TAG = "treepo.host"  # socket.gethostname() of the process that started (or last resumed) the run
 ERROR_TAG = "treepo.error"  # why a run failed (cleared when a resume succeeds)
 RUN_DIR_TAG = "treepo.run_dir"
 CHECKPOINT_TAG = "treepo.checkpoint"

@@ -92,10 +92,10 @@ def _check(i: int, item, known: list[str] | None) -> Finding:
         raise ConfigError(f"{where}.where", sel, "a mapping {config key: value} selecting the runs of both arms")
     return Finding(item["id"], item["claim"], item["experiment"], item["reference"], rel, tuple(knobs),
                    None if margin is None else float(margin), fires,
-                   tuple((str(k), _spelling(v)) for k, v in sel.items()))
+                   tuple((str(k), spelling(v)) for k, v in sel.items()))
 
 
-def _spelling(v) -> str:
+def spelling(v) -> str:
     """A value as the runs' params spell it (YAML: true, 0.5, null)."""
     return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
@@ -257,7 +257,7 @@ def _p(v: float) -> str:
 
 
 def claim_text(f: Finding) -> str:
-    rel = f"experiment > reference" if f.relation == ">" else f"experiment >= reference - {100 * f.margin:g} pp"
+    rel = "experiment > reference" if f.relation == ">" else f"experiment >= reference - {100 * f.margin:g} pp"
     return f"{f.claim} ({rel})"
 
 

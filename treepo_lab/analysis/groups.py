@@ -55,6 +55,9 @@ def default_keys(data: RunSet) -> list[str]:
     """A sweep compares its trials; otherwise the strategy tag, unless it merges registry experiments
     (older runs share one strategy tag across experiments), then the registry experiment."""
     runs = data.runs
+    if data.kind == "sweep" and "tags.sweep.seed" in runs.columns:
+        # a sweep of (point, seed) units (order: shuffled, blocks): a trial is one seed; the arms are its points
+        return sorted(c[len("tags."):] for c in runs.columns if c.startswith("tags.sweep.") and c != "tags.sweep.seed")
     if data.kind == "sweep" and column(runs, "tags." + TRIAL_TAG):
         return [TRIAL_TAG]
     strat, exp = column(runs, "tags." + STRATEGY_TAG), column(runs, "tags." + EXPERIMENT_TAG)

@@ -19,11 +19,11 @@ import pandas as pd
 from treepo_lab.analysis.runset import RunSet
 from treepo_lab.analysis.series import ACCURACY, CPU, DECODED, TOKENS, WALL, Series
 from treepo_lab.registry import ConfigError
-from treepo_lab.tags import EXPERIMENT_TAG, SEED_TAG
+from treepo_lab.tags import EXPERIMENT_TAG, HOST_TAG, SEED_TAG
 
 REQUIRED = ("run_id", "experiment", "seed", "step", "accuracy", "tokens", "cpu_s", "wall_s")
 SAMPLE_ACCURACY = "eval/sample_accuracy"
-HOST_TAG = "treepo.host"
+
 KNOB, FIRES = "knob:", "fires:"
 # params that name or place a run rather than configure what it learns (the seed has its own column)
 NOT_KNOBS = ("seed", "name", "tracking.", "trainer.output_dir", "model.path", "warmstart.cache_dir")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.tasks.config import TaskConfig
+from treepo_lab.tasks.config import EMBEDDED_TASKS, TaskConfig
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -64,7 +64,10 @@ class WarmstartConfig:
     # task.name=chain only (tasks/chain.py): share of demonstrations written with the grouped method, whose
     # flaw (`flaw_rate` of them drop the last subtracted term) the model must unlearn; `flaw_op` is unused
     grouped_share: float = 0.7
-    task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (arith or chain)
+    # task.name=chain_mid only: share of demonstrations that misread the minus of step task.decisive_step as a plus
+    # (the rest are right); flaw_rate, flaw_op and grouped_share are unused there
+    step_flaw_rate: float = 0.6
+    task: TaskConfig = field(default_factory=TaskConfig)  # the task trained on (arith, chain or chain_mid)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # checkpoints keyed by a hash of everything above; null: $TREEPO_CACHE_DIR/warmstart, else
     # ~/.cache/treepo_lab/warmstart (the same cache whatever directory a command runs from)
@@ -81,10 +84,12 @@ class WarmstartConfig:
             raise ConfigError("warmstart.flaw_rate", self.flaw_rate, "a number in [0, 1]")
         if self.flaw_op not in ("+", "-"):
             raise ConfigError("warmstart.flaw_op", self.flaw_op, "'+' or '-'")
-        if not 0 <= self.grouped_share <= 1:
-            raise ConfigError("warmstart.grouped_share", self.grouped_share, "a number in [0, 1]")
-        if self.task.name not in ("arith", "chain"):
-            raise ConfigError("warmstart.task.name", self.task.name, "arith or chain (the embedded tasks)")
+        for key in ("grouped_share", "step_flaw_rate"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"warmstart.{key}", getattr(self, key), "a number in [0, 1]")
+        if self.task.name not in EMBEDDED_TASKS:
+            raise ConfigError("warmstart.task.name", self.task.name,
+                              f"{', '.join(EMBEDDED_TASKS)} (the embedded tasks)")
         if self.eval_size < 0:
             raise ConfigError("warmstart.eval_size", self.eval_size, "an integer >= 0")
         self.task.validate()

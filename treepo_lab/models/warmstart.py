@@ -1,5 +1,5 @@
 """Supervised warm start of the embedded tiny model on flawed demonstrations of an embedded task
-(`arith`, below; `chain` writes its own, see tasks/chain.py).
+(`arith`, below; `chain` and `chain_mid` write their own, see tasks/chain.py).
 
 The demonstrations carry one systematic flaw (see `WarmstartConfig`): a share of those whose last
 operator is `flaw_op` box the previous running value instead of the result. Greedy decoding inherits the
@@ -36,16 +36,19 @@ from treepo_lab.seeding import torch_seeded
 from treepo_lab.tasks.arith import ArithTask, Chain
 from treepo_lab.tasks.base import Problem, Task
 from treepo_lab.tasks.build import build_task
-from treepo_lab.tasks.chain import ChainTask
+from treepo_lab.tasks.chain import ChainMidTask, ChainTask
 
 MARKER = "warmstart.json"  # written last: its presence means the entry is complete
 FORMAT_VERSION = 1  # bump when the demonstrations, the tokenizer or the training recipe change meaning
-_NOT_IN_KEY = ("cache_dir", "eval_size")
-# knobs of the chain task only: left out of arith's key, so arith's cache entries (and their hashes) hold
-_CHAIN_ONLY = ("grouped_share",)  # where it is stored and what is printed change no weight
+_NOT_IN_KEY = ("cache_dir", "eval_size")  # where it is stored and what is printed change no weight
+# Knobs a task does not read are left out of its key, so the keys of arith's and chain's cache entries
+# held when the later tasks' knobs were added (pinned in tests/test_chain_task.py).
+_UNUSED = {"arith": ("grouped_share", "step_flaw_rate"), "chain": ("step_flaw_rate",),
+           "chain_mid": ("flaw_rate", "flaw_op", "grouped_share")}
 # The only task fields the demonstrations depend on (the held-out slice is fixed; see tasks/arith.py),
 # so an evaluation-only change such as held_out_size never triggers a rebuild.
 _TASK_KEY = ("name", "difficulty", "operand_max")
+_TASK_KEY_EXTRA = {"chain_mid": ("decisive_step",)}
 
 
 def cache_root(cfg: WarmstartConfig) -> Path:
@@ -56,9 +59,9 @@ def cache_root(cfg: WarmstartConfig) -> Path:
 
 
 def cache_key(cfg: WarmstartConfig) -> str:
-    skip = _NOT_IN_KEY + (_CHAIN_ONLY if cfg.task.name == "arith" else ())
+    skip = _NOT_IN_KEY + _UNUSED.get(cfg.task.name, ())
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
-    fields["task"] = {k: fields["task"][k] for k in _TASK_KEY}
+    fields["task"] = {k: fields["task"][k] for k in _TASK_KEY + _TASK_KEY_EXTRA.get(cfg.task.name, ())}
     blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -66,6 +69,8 @@ def cache_key(cfg: WarmstartConfig) -> str:
 def flawed_demonstration(task: ArithTask, problem: Problem, cfg: WarmstartConfig, rng: np.random.Generator) -> str:
     if isinstance(task, ChainTask):  # the harder task writes its own (method choice + its flaw)
         return task.warm_demonstration(problem, cfg.grouped_share, cfg.flaw_rate, rng)
+    if isinstance(task, ChainMidTask):  # one method, the habit at step task.decisive_step
+        return task.warm_demonstration(problem, cfg.step_flaw_rate, rng)
     chain = Chain.parse(problem.id)
     if chain.ops[-1] == cfg.flaw_op and rng.random() < cfg.flaw_rate:
         return task.demonstration(problem, boxed=chain.partials()[-2])

@@ -10,6 +10,7 @@ sweep beside it (comparison/).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from treepo_lab.analysis.tables import Table
 from treepo_lab.config import list_experiments
 from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import driver
-from treepo_lab.sweep.spec import load_spec
+from treepo_lab.sweep.grammar import parse_values
+from treepo_lab.sweep.spec import load_spec, read_spec_file, restrict_blocks
 from treepo_lab.tags import EXPERIMENT_TAG
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (sweeps/, analysis/)
@@ -74,10 +76,41 @@ def select(a: argparse.Namespace) -> list[fnd.Finding]:
 
 
 def sweep_args(a: argparse.Namespace, found: list[fnd.Finding]) -> list[str]:
-    args = [f"sweep.grid={{experiment: 'choice({', '.join(fnd.experiments_of(found))})'}}"]
-    if a.seeds is not None:
-        args.append(f"sweep.seeds={list(range(a.seeds))}")
+    """The spec narrowed to the findings' experiments (and --seeds), as sweep.<field> overrides."""
+    need = fnd.experiments_of(found)
+    raw = read_spec_file(a.spec)
+    if "blocks" in raw:
+        blocks = [b for b in restrict_blocks(raw["blocks"], need, raw.get("experiment")) if _needed(b, found)]
+        if a.seeds is not None:
+            blocks = [{**b, "seeds": list(range(a.seeds))} for b in blocks]
+        args = [f"sweep.blocks={json.dumps(blocks)}"]
+    else:
+        args = [f"sweep.grid={{experiment: 'choice({', '.join(need)})'}}"]
+        if a.seeds is not None:
+            args.append(f"sweep.seeds={list(range(a.seeds))}")
     return args + list(a.overrides)
+
+
+def _portable(override: str) -> str:
+    """key=value with an absolute path shortened to its last part: a report names no machine's folders."""
+    key, _, value = override.partition("=")
+    return f"{key}=.../{Path(value).name}" if value.startswith(("/", "~")) else override
+
+
+def _values(grid: dict, key: str) -> list[str] | None:
+    """The values a block's grid gives `key`, spelled as run params are (None: the block does not vary it)."""
+    if key not in grid:
+        return None
+    entry = grid[key]["values"] if isinstance(grid[key], dict) else grid[key]
+    return [fnd.spelling(v) for v in parse_values(key, entry).values]
+
+
+def _needed(block: dict, found: list[fnd.Finding]) -> bool:
+    """Some finding compares an experiment of the block on runs its `where:` can select from it."""
+    exps = _values(block["grid"], "experiment") or []
+    return any((f.experiment in exps or f.reference in exps)
+               and all(_values(block["grid"], k) is None or v in _values(block["grid"], k) for k, v in f.where)
+               for f in found)
 
 
 def cmd_paper(args: list[str], out=None) -> int:
@@ -97,7 +130,7 @@ def cmd_paper(args: list[str], out=None) -> int:
     uri = driver.prepare(a.spec, sweep_args(a, found), a.storage, a.tracking_uri)[1]
     data = load(sweep=spec.name, tracking_uri=uri, cache_dir=False)
     table, notes = runs_table.build(data, fnd.fire_metrics(found))
-    budget = ", ".join(spec.overrides) or "the registry defaults"
+    budget = ", ".join(map(_portable, spec.overrides)) or "the registry defaults"
     notes.insert(0, f"Budget (overrides of every run): `{budget}`.")
     path = write_report(spec.name, found, table, Path(a.out), f"sweep `{spec.name}` in `{store_name(uri)}`", notes,
                         data)

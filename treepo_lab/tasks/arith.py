@@ -90,8 +90,8 @@ class ArithTask:
         operands = [int(rng.integers(1, self.operand_max + 1))]
         ops = []
         value = operands[0]
-        for _ in range(self.steps):
-            op = "+" if rng.random() < 0.5 else "-"
+        for i in range(self.steps):
+            op = self._draw_op(i, rng)
             if op == "-" and value < 1:
                 op = "+"  # keep every running value >= 0: the tiny model never sees a minus sign
             high = self.operand_max if op == "+" else min(self.operand_max, value)
@@ -100,6 +100,10 @@ class ArithTask:
             ops.append(op)
             operands.append(b)
         return Chain(tuple(operands), tuple(ops))
+
+    def _draw_op(self, i: int, rng: np.random.Generator) -> str:
+        """The operator of step i (0-based), + or - with equal odds (one draw; a subclass may fix some)."""
+        return "+" if rng.random() < 0.5 else "-"
 
     def problem(self, chain: Chain) -> Problem:
         return Problem(id=chain.expression, prompt=prompt_text(chain), answer=str(chain.partials()[-1]))

@@ -15,6 +15,10 @@ method, so most prompts get both right and wrong samples. RL must find and credi
 its branches over the first segments, and how the advantage credits shared prefixes, changes what is
 learned per rollout token. (Measured numbers: README, "The harder task".)
 
+`chain_mid` (ChainMidTask, below) moves the decision into a middle segment: one method, and a habit at
+step `task.decisive_step` that the warm start writes in a share `warmstart.step_flaw_rate` of its
+demonstrations, so the leaves below an early node still differ in outcome.
+
 The held-out slice is arith's (a keyed hash of the expression), so no training sample is ever evaluated.
 """
 from __future__ import annotations
@@ -29,12 +33,17 @@ from treepo_lab.tasks.check import AnswerCheck
 METHODS = ("in_order", "grouped")
 
 
-def in_order_text(chain: Chain) -> str:
-    values = chain.partials()
-    lines = ["A: In order."]
+def in_order_text(chain: Chain, misread: int | None = None) -> str:
+    """Step by step. `misread` (1-based, chain_mid's flaw): if that step subtracts, its sign is misread as a
+    plus ("Step 3: 32+4=36." for 32-4) and the later steps go on from the wrong value (so the answer is too
+    large by twice that operand, and no running value is ever negative)."""
+    value, lines = chain.operands[0], ["A: In order."]
     for i, (op, b) in enumerate(zip(chain.ops, chain.operands[1:])):
-        lines.append(f"Step {i + 1}: {values[i]}{op}{b}={values[i + 1]}.")
-    lines.append(f"The answer is \\boxed{{{values[-1]}}}")
+        if i + 1 == misread:
+            op = "+"
+        lines.append(f"Step {i + 1}: {value}{op}{b}={value + b if op == '+' else value - b}.")
+        value = value + b if op == "+" else value - b
+    lines.append(f"The answer is \\boxed{{{value}}}")
     return "\n".join(lines)
 
 
@@ -90,3 +99,57 @@ def _build_chain(cfg, check: AnswerCheck) -> ChainTask:
     if cfg.difficulty < 2:  # also checked by TaskConfig.validate; here for a task built from a bare config
         raise ConfigError("task.difficulty", cfg.difficulty, "an integer >= 2 for task.name=chain")
     return ChainTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, check=check)
+
+
+def can_skip(chain: Chain, step: int) -> bool:
+    """chain_mid's flaw bites at `step` (1-based) iff that step subtracts (always, unless the running value was 0)."""
+    return chain.ops[step - 1] == "-"
+
+
+class ChainMidTask(ArithTask):
+    """`chain_mid`: the decision sits in a middle segment, after a shared correct prefix.
+
+        prompt:  "Q: 17+13+2-4+10=?\n"     (operation `decisive_step`, default 3, always subtracts)
+        right:   "A: In order.\nStep 1: 17+13=30.\nStep 2: 30+2=32.\nStep 3: 32-4=28.\nStep 4: 28+10=38.\n"
+                 "The answer is \\boxed{38}"
+        flawed:  "A: In order.\nStep 1: 17+13=30.\nStep 2: 30+2=32.\nStep 3: 32+4=36.\nStep 4: 36+10=46.\n"
+                 "The answer is \\boxed{46}"
+
+    One method (in order) and one habit: a share `warmstart.step_flaw_rate` of the warm start's
+    demonstrations misread the minus of step `decisive_step` as a plus (and compute that sum right) and
+    carry the wrong value on. The decision is one token, the operator the model copies from the prompt;
+    the arithmetic around it stays what the model does reliably (a first version that forgot the
+    subtraction, "32-4=32.", made the digits themselves uncertain: a third of its T=1 samples were
+    off by one). With difficulty=4 and the default 8x16 segments, responses are 96-109 tokens (7 segments);
+    the operator of step 3 falls at tokens 48-63, in segment 4 (step 2: segment 3), every time. Everything before it is the same whichever way the step goes, so the leaves
+    under one early node mix right and wrong answers and a subgroup's baseline is not the root's (on
+    `chain` the method line, in segment 1, decides most of the outcome). Measured: README, "The harder
+    task"; benchmarks/subgroups.py.
+    """
+
+    name = "chain_mid"
+
+    def __init__(self, steps: int = 4, operand_max: int = 19, held_out_size: int = 1000, seed: int = 0,
+                 decisive_step: int = 3, reward_scale: str = "pm1", check: AnswerCheck | None = None):
+        if not isinstance(decisive_step, int) or not 1 <= decisive_step <= steps:
+            raise ConfigError("task.decisive_step", decisive_step,
+                              f"an integer in [1, task.difficulty={steps}] for task.name=chain_mid")
+        self.decisive_step = decisive_step  # before the held-out problems are drawn (sample_chain reads it)
+        super().__init__(steps, operand_max, held_out_size, seed, reward_scale, check)
+
+    def _draw_op(self, i: int, rng: np.random.Generator) -> str:
+        op = super()._draw_op(i, rng)  # the same draws as arith's, then the decisive step fixed
+        return "-" if i + 1 == self.decisive_step else op
+
+    def demonstration(self, problem: Problem, flawed: bool = False) -> str:
+        chain = Chain.parse(problem.id)
+        return in_order_text(chain, misread=self.decisive_step if flawed else None)
+
+    def warm_demonstration(self, problem: Problem, step_flaw_rate: float, rng: np.random.Generator) -> str:
+        """One warm-start target: flawed with probability `step_flaw_rate` (one draw every time)."""
+        return self.demonstration(problem, flawed=rng.random() < step_flaw_rate)
+
+
+@TASKS.register("chain_mid")
+def _build_chain_mid(cfg, check: AnswerCheck) -> ChainMidTask:
+    return ChainMidTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, cfg.decisive_step, check=check)

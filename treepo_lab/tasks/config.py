@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from treepo_lab.registry import ConfigError
 
 
+# the tasks the embedded tiny model is warm-started on (treepo_lab/models/warmstart.py)
+EMBEDDED_TASKS = ("arith", "chain", "chain_mid")
+
+
 @dataclass
 class CheckConfig:
     """How a response is judged right: extract its answer, then compare it with the reference.
@@ -52,11 +56,15 @@ class CheckConfig:
 @dataclass
 class TaskConfig:
     # arith (embedded synthetic chained arithmetic) | chain (the harder embedded task: longer chains, a
-    # method chosen up front; see tasks/chain.py) | file (JSONL/Parquet/CSV)
+    # method chosen up front; see tasks/chain.py) | chain_mid (chain's in-order method, decided by one step
+    # in a middle segment; tasks/chain.py) | file (JSONL/Parquet/CSV)
     name: str = "arith"
-    # arith and chain
+    # arith, chain and chain_mid
     difficulty: int = 2  # number of operations in the chain (more steps = longer, harder responses)
     operand_max: int = 29  # operands are drawn from 1..operand_max
+    # chain_mid: the operation (1-based, <= difficulty) that always subtracts and that the warm start's habit
+    # gets wrong; 3 with difficulty=4 puts the deciding token in segment 4 of 7 (l=16)
+    decisive_step: int = 3
     # file
     path: str | None = None  # dataset file (.jsonl, .parquet or .csv)
     question_column: str = "question"
@@ -80,7 +88,7 @@ class TaskConfig:
             raise ConfigError("task.held_out_size", self.held_out_size, "an integer >= 1")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("task.seed", self.seed, "an integer >= 0")
-        if self.name in ("arith", "chain"):
+        if self.name in EMBEDDED_TASKS:
             if self.difficulty < 1:
                 raise ConfigError("task.difficulty", self.difficulty, "an integer >= 1 (number of operations)")
             if self.operand_max < 2:
@@ -88,6 +96,10 @@ class TaskConfig:
             if self.name == "chain" and self.difficulty < 2:
                 raise ConfigError("task.difficulty", self.difficulty, "an integer >= 2 for task.name=chain (the "
                                   "warm start's flaw needs 2 subtractions)")
+            if self.name == "chain_mid" and (not isinstance(self.decisive_step, int) or isinstance(self.decisive_step, bool)
+                                             or not 1 <= self.decisive_step <= self.difficulty):
+                raise ConfigError("task.decisive_step", self.decisive_step,
+                                  f"an integer in [1, task.difficulty={self.difficulty}] for task.name=chain_mid")
         if self.name == "file":
             if not self.path:
                 raise ConfigError("task.path", self.path, "a dataset file path when task.name=file")

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -34,8 +35,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from treepo_lab.track.tree_drawing import tree_html
-from treepo_lab.tags import (DEVICE_TAG, ENGINE_TAG, ERROR_TAG, EXPERIMENT_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG,
-                              VERSION_TAG, WORLD_SIZE_TAG)
+from treepo_lab.tags import (DEVICE_TAG, ENGINE_TAG, ERROR_TAG, EXPERIMENT_TAG, HOST_TAG, SEED_TAG, SWEEP_TAG,
+                              TRIAL_TAG, VERSION_TAG, WORLD_SIZE_TAG)
 from treepo_lab.track.artifacts import compact_json, compact_tree, eval_sample_rows
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.track.metric_names import with_headline
@@ -176,7 +177,7 @@ class Tracker:
         tags = {
             EXPERIMENT_TAG: experiment, SEED_TAG: str(seed),
             ENGINE_TAG: str(engine), DEVICE_TAG: str(device), VERSION_TAG: lab_version(),
-            WORLD_SIZE_TAG: str(world_size),
+            WORLD_SIZE_TAG: str(world_size), HOST_TAG: socket.gethostname(),
             **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
             **({SWEEP_TAG: str(sweep_id)} if sweep_id is not None else {}),
             **({TRIAL_TAG: str(trial)} if trial is not None else {}),

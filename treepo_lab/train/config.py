@@ -1,6 +1,7 @@
 """Trainer and evaluation configuration: data and value checks only."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from treepo_lab.registry import ConfigError
@@ -26,7 +27,12 @@ class TrainerConfig:
     # for long responses and real model sizes, ~1 extra forward of compute; sampling is unaffected
     gradient_checkpointing: bool = False
     lr: float = 5e-5
-    warmup_steps: int = 20  # linear warm-up, then constant
+    # linear warm-up of the lr over this many training steps, then constant; null = 10% of trainer.steps
+    # (round(0.1 * steps)), resolved when the config is validated (the logged config shows the number).
+    # Counted in steps, not tokens: the lr moves once per trainer step (one scheduler step, however many
+    # optimizer steps mini_batch_prompts makes inside it), so arms with different tokens per step get the
+    # same schedule per step
+    warmup_steps: int | None = None
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_wall_s: float = 0.0  # stop training after this many seconds (<= 0: off)
@@ -53,6 +59,12 @@ class TrainerConfig:
             raise ConfigError(key, size, f"a divisor of trainer.prompts_per_step={self.prompts_per_step} (each "
                                          "process samples the same number of prompts)")
 
+    def resolved(self) -> TrainerConfig:
+        """This config with warmup_steps null replaced by its number (10% of steps)."""
+        if self.warmup_steps is not None:
+            return self
+        return dataclasses.replace(self, warmup_steps=max(0, round(0.1 * self.steps)))
+
     def validate(self) -> None:
         for key in ("steps", "prompts_per_step", "micro_batch_size", "pack_tokens", "ppo_epochs", "keep_last"):
             if getattr(self, key) < 1:
@@ -72,8 +84,10 @@ class TrainerConfig:
             raise ConfigError("trainer.packing", self.packing, f"one of {', '.join(PACKINGS)}")
         if not self.lr > 0:
             raise ConfigError("trainer.lr", self.lr, "a number > 0")
-        if self.warmup_steps < 0:
-            raise ConfigError("trainer.warmup_steps", self.warmup_steps, "an integer >= 0")
+        w = self.warmup_steps
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= self.steps):
+            raise ConfigError("trainer.warmup_steps", w, f"null (= 10% of trainer.steps) or an integer from 0 to "
+                                                         f"trainer.steps={self.steps}")
         if self.grad_clip <= 0:
             raise ConfigError("trainer.grad_clip", self.grad_clip, "a number > 0")
         if self.weight_decay < 0:
@@ -93,6 +107,11 @@ class EvalConfig:
     sampler: str = "sequential"
     batch_size: int = 256  # problems per generation batch
     n_samples_logged: int = 8  # example outputs logged/printed
+    # with a greedy main evaluation (temperature 0): also sample this many responses per problem at
+    # temperature 1 (top_p 1, sequential sampler) in the same evaluation and log eval/sample_accuracy, their
+    # mean correctness (avg@sample_k at T=1), a smoother learning signal than greedy accuracy. 0 = off;
+    # ignored when eval.temperature > 0 (eval/avg_at_k is then already sampled)
+    sample_k: int = 0
 
     def validate(self) -> None:
         if self.n_problems < 1:
@@ -105,3 +124,5 @@ class EvalConfig:
             raise ConfigError("eval.k", self.k, "1 when eval.temperature=0 (greedy samples are identical)")
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")
+        if not isinstance(self.sample_k, int) or isinstance(self.sample_k, bool) or self.sample_k < 0:
+            raise ConfigError("eval.sample_k", self.sample_k, "an integer >= 0 (0 = off)")

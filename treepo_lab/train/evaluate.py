@@ -5,6 +5,12 @@ and sampler, so its compute is counted the same way as training rollouts. Respon
 same time limit as training (algo/scoring.py): a verifier that raises or hangs scores the response
 wrong, counted in eval/reward_errors and eval/reward_timeouts.
 
+With `eval.sample_k` > 0 and a greedy main evaluation, the same evaluation also samples sample_k responses
+per problem at temperature 1 (top_p 1, sequential sampler), each chunk with its own seed derived from the
+evaluation's, and logs eval/sample_accuracy (avg@sample_k at T=1, mean correctness over every sample): a
+smoother learning metric than greedy accuracy, which it leaves unchanged. Their tokens, time and verifier
+failures count in eval/decoded_tokens, eval/prefill_tokens, eval/wall_s and eval/reward_*.
+
 Across ranks (trainer.nproc > 1) the chunks of `eval.batch_size` problems are dealt round-robin, each
 sampled with the seed it has in one process (seed + its first index), and the records gathered back in
 order: the numbers are those of one process, for 1/N of the work per rank.
@@ -20,9 +26,20 @@ import numpy as np
 from treepo_lab.algo.scoring import Scorer
 from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
+from treepo_lab.seeding import derive_seed
 from treepo_lab.tasks.check import AnswerCheck
 from treepo_lab.train.config import EvalConfig
 from treepo_lab.train.distributed import SINGLE, World
+
+
+_SAMPLES = 1  # purpose of derive_seed(eval seed, purpose): the sample_k samples' stream
+
+
+def sample_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
+    """The eval.sample_k samples: sequential, sample_k per problem, temperature 1, top_p 1."""
+    return dataclasses.replace(
+        sampler, kind="sequential", params=sampler.params if sampler.kind == "sequential" else {},
+        width=ev.sample_k, temperature=1.0, top_k=-1, top_p=1.0, init_div=InitDivConfig())
 
 
 def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
@@ -68,6 +85,10 @@ def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: Sampler
 def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, decode, seed, progress, world):
     scfg = eval_sampler_config(sampler, ev)
     smp = build_sampler(scfg, engine, decode, tokenizer.eos_token_id)
+    sample_k = ev.sample_k if ev.temperature == 0 else 0
+    sampled = build_sampler(sample_sampler_config(sampler, ev), engine, decode, tokenizer.eos_token_id) \
+        if sample_k else None
+    sample_seed = derive_seed(seed, _SAMPLES)
     before = engine.counters.snapshot()
     t0 = time.perf_counter()
     mine = []  # (first index, records) of this rank's chunks
@@ -84,6 +105,10 @@ def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, 
                 "correct": correct, "length": [len(tree.response_tokens(lf)) for lf in tree.leaves],
                 "maj_correct": scorer.call(majority_correct, texts, prob.answer, scorer.task.check, default=False),
             })
+        if sampled is not None:  # the T=1 samples of the same chunk, seeded as in one process
+            samples = sampled.rollout([encode(p.prompt) for p in chunk], seed=sample_seed + start)
+            for prob, tree, record in zip(chunk, samples.trees, chunk_records):
+                record["sample_correct"] = [scorer.correct(t, prob) for t in scorer.texts(tree)]
         if progress is not None:
             progress(len(chunk) * world.size)  # (rank 0's bar: the others advance alike)
     used = engine.counters.since(before)
@@ -107,6 +132,9 @@ def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, 
         "eval/reward_errors": errors,
         "eval/reward_timeouts": timeouts,
     }
+    if sample_k:
+        samples = [c for r in records for c in r.get("sample_correct", [])]
+        metrics["eval/sample_accuracy"] = float(np.mean(samples)) if samples else 0.0
     lo, hi = bootstrap_ci(acc)
     metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = lo, hi
     return metrics, records

@@ -17,6 +17,7 @@ by prompt with gradients summed across ranks. Only rank 0 has a tracker, a progr
 from __future__ import annotations
 
 import copy
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -74,6 +75,13 @@ _PROBLEMS, _ROLLOUT, _EVAL, _MINIBATCH = 1, 100, 7, 999
 EvalHook = Callable[[int, dict], None]
 
 
+def process_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended and been waited
+    for: a cost that does not depend on who else uses the machine (wall time does)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 @dataclass
 class Scored:
     """The trees of one prompt batch with their leaves' correctness and shaped rewards."""
@@ -122,6 +130,9 @@ class Trainer:
         self.step = 0
         self.cumulative = CumulativeCompute()
         self.wall_s = 0.0  # training wall time, carried across resumes
+        # training CPU seconds of every rank (and its children), counted over the same spans as wall_s;
+        # carried across resumes
+        self.cpu_s = 0.0
         self.history: list[dict] = []  # every logged metric dict (also returned by fit)
         self.tracker = tracker if world.is_main else NULL_TRACKER
         self.on_eval = on_eval
@@ -144,6 +155,7 @@ class Trainer:
         if self.step == 0 and tc.eval_before:
             self._eval_and_log()
         start = time.perf_counter() - self.wall_s
+        cpu_mark = process_cpu_s()  # cpu_s, like wall_s, counts from here (not the evaluation before)
         with StepProgress(tc.steps, initial=self.step, enabled=self._progress) as bar:
             while self.step < tc.steps and not (tc.max_wall_s > 0 and self.wall_s >= tc.max_wall_s):
                 interrupt.check()
@@ -153,8 +165,14 @@ class Trainer:
                     self.skipped_steps += 1
                     bar.note(f"step {self.step} skipped: {SKIPPED}")
                 self.wall_s = time.perf_counter() - start
+                cpu_now = process_cpu_s()
+                cpu_step = float(sum(self.world.all_gather(cpu_now - cpu_mark)))  # every rank's, summed
+                cpu_mark = cpu_now
+                self.cpu_s += cpu_step
                 metrics.update(self.cumulative.add(metrics))
                 metrics["time/wall_s"] = self.wall_s
+                metrics["time/cpu_s"] = self.cpu_s
+                metrics["timing_s/cpu_step"] = cpu_step
                 self._log(metrics)
                 every = cfg.tracking.log_trees_every
                 if every and (self.step % every == 0 or self.step == 1) and self._last_trees:
@@ -294,6 +312,7 @@ class Trainer:
         metrics, records = self.evaluate()
         self.last_eval_records = records
         metrics["time/wall_s"] = self.wall_s
+        metrics["time/cpu_s"] = self.cpu_s
         metrics.update(self.cumulative.add({}))  # the running totals, unchanged
         self._log(metrics)
         self.tracker.log_eval_samples(records[: self.cfg.eval.n_samples_logged], self.step)
@@ -315,8 +334,8 @@ class Trainer:
     def save(self) -> Path | None:
         if self.run_dir is None:
             return None
-        extra = {"data_position": self.step, "wall_s": self.wall_s, "cumulative": self.cumulative.totals,
-                 "run_id": self.tracker.run_id, "model_path": self.model_path}
+        extra = {"data_position": self.step, "wall_s": self.wall_s, "cpu_s": self.cpu_s,
+                 "cumulative": self.cumulative.totals, "run_id": self.tracker.run_id, "model_path": self.model_path}
         return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.tokenizer,
                                     self.optimizer, self.scheduler, extra, self.cfg.trainer.keep_last,
                                     is_main=self.world.is_main)
@@ -325,6 +344,7 @@ class Trainer:
         state = ckpt.restore(path, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.wall_s = state.get("wall_s", 0.0)
+        self.cpu_s = state.get("cpu_s", 0.0)
         self.cumulative.totals.update(state.get("cumulative", {}))
         self.sync_engine()
 
