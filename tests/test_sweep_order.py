@@ -84,6 +84,9 @@ def test_blocks_have_their_own_seeds_and_keys():
     unshuffled = units(blocks_spec(order="grid"))  # written out: block order
     assert unshuffled[:16] == [u for u in unshuffled if "warmstart.seed" in u] and sorted(map(key, unshuffled)) == \
         sorted(map(key, got))
+    # shuffled within each block, the blocks in the order written (the first block is the most wanted)
+    assert got[:16] == with_ws and got[16:20] == second and got[20:] == third
+    assert with_ws != [u for u in unshuffled if "warmstart.seed" in u]
     cfg = trial_config(s, {"sampler.branch": 4, "warmstart.seed": 1}, 3)
     assert (cfg.seed, cfg.sampler.branch, cfg.warmstart.seed) == (3, 4, 1)
     assert validate_spec(s) is s  # every unit composed and validated

@@ -56,14 +56,18 @@ def suggest_unit(trial: optuna.Trial, spec: SweepSpec) -> tuple[dict[str, Any], 
 
 
 def units(spec: SweepSpec) -> list[dict[str, Any]]:
-    """The trials of a unit sweep as enqueued: each block's grid points x its seeds, {key: value, ..., seed: s},
-    shuffled by random.Random(order_seed) under order: shuffled (the same spec gives the same order)."""
+    """The trials of a unit sweep as enqueued: each block's grid points x its seeds, {key: value, ..., seed: s};
+    under order: shuffled each block's units shuffled by one random.Random(order_seed) (the same spec gives the
+    same order). Blocks run in the order written, so a spec lists its most wanted block first, and the arms a
+    finding compares (one block) share the machine's load alike."""
     out, seen = [], {}
+    rng = random.Random(spec.order_seed)
     for i, block in enumerate(spec.blocks):
         where = f"blocks[{i}]" if "blocks" in spec.source else "grid"
         points = grid_points(block.params)
         if points is None:
             raise ConfigError(f"{where}", f"> {GRID_LIMIT} points", f"at most {GRID_LIMIT} grid points per block")
+        mine = []
         for point in points:
             for seed in block.seeds:
                 unit = {**point, SEED_PARAM: seed}
@@ -72,9 +76,10 @@ def units(spec: SweepSpec) -> list[dict[str, Any]]:
                     raise ConfigError(where, point_text(unit), f"(point, seed) units that no other block has "
                                                                f"(blocks[{seen[ident]}] has it too)")
                 seen[ident] = i
-                out.append(unit)
-    if spec.order == "shuffled":
-        random.Random(spec.order_seed).shuffle(out)
+                mine.append(unit)
+        if spec.order == "shuffled":
+            rng.shuffle(mine)
+        out += mine
     return out
 
 

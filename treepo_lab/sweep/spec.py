@@ -24,7 +24,8 @@ experiment config (keys, values, metrics) are in `validate.py`.
 Units. With `order: shuffled` (grid sweeps) each (grid point, seed) is one trial: the seed is its parameter `seed`,
 its objective that seed's value; the units are enqueued shuffled by random.Random(order_seed), so the arms share
 the machine's load alike. `blocks:` (instead of `grid:`) gives groups of arms their own seeds and keys: the units
-are each block's points x its seeds, shuffled (`order: grid` written out: block order). No unit in two blocks.
+are each block's points x its seeds, the blocks in the order written, each shuffled (`order: grid` written out:
+spec order). No unit in two blocks.
 
     blocks:
       - grid:                          # headline arms: 10 seeds, two warm starts
