@@ -12,7 +12,8 @@ tree. Per task this samples `--prompts` trees of `sampler.width` leaves with the
   depth>=1 mixed  share of the subgroups at depth >= 1 (internal nodes below the root with >= 2 leaves
                   under them) whose leaves mix right and wrong answers; then per depth
   |V_sub - V_root| mean over those subgroups of |mean reward under the node - mean reward of its prompt|
-  accuracy        share of right leaves;  length  mean response tokens per leaf
+  accuracy        share of right leaves;  length  mean response tokens per leaf;  leaves  per prompt
+  fallback        tree/fallback_count: paths the fallback restarted (rollout/accounting.py)
   warm start      greedy and T=1 sample accuracy of the checkpoint on 200 held-out problems (from its
                   cache entry: what the warm start measured when it was built)
 
@@ -99,6 +100,7 @@ def measure(task_name: str, args) -> dict:
             **subgroup_stats(result.trees, correct),
             "accuracy": float(np.mean([c for cs in correct for c in cs])),
             "mean_length": float(np.mean(lengths)), "fallback_count": metrics.get("tree/fallback_count", 0.0),
+            "leaves_per_prompt": float(np.mean([len(t.leaves) for t in result.trees])),
             "warm_greedy_accuracy": warm.get("greedy_accuracy"), "warm_sample_accuracy_t1": warm.get("sample_accuracy_t1"),
             "warm_mixed_fraction_16": warm.get("mixed_fraction_16"), "warmstart_key": Path(model_dir).name,
             "rollout_s": round(wall, 2)}
@@ -111,7 +113,7 @@ def print_table(rows: list[dict]) -> None:
     depths = sorted({d for r in rows for d in r["by_depth"]})
     table = Table(title="leaves that disagree below one node, warm-started model, before training")
     for col in ("task", "prompts", "prompts mixed", "depth>=1 mixed", *(f"d{d}" for d in depths),
-                "|V_sub-V_root|", "accuracy", "length", "fallback", "warm greedy", "warm T=1"):
+                "|V_sub-V_root|", "accuracy", "length", "leaves", "fallback", "warm greedy", "warm T=1"):
         table.add_column(col, justify="left" if col == "task" else "right")
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     for r in rows:
@@ -119,7 +121,8 @@ def print_table(rows: list[dict]) -> None:
                      for d in depths]
         table.add_row(r["task"], str(r["prompts"]), fmt(r["prompts_mixed"]),
                       f"{r['subgroups_mixed']:.3f} ({r['subgroups']})", *per_depth, fmt(r["mean_abs_gap"]),
-                      fmt(r["accuracy"]), f"{r['mean_length']:.1f}", f"{r['fallback_count']:.0f}",
+                      fmt(r["accuracy"]), f"{r['mean_length']:.1f}", f"{r['leaves_per_prompt']:.1f}",
+                      f"{r['fallback_count']:.0f}",
                       fmt(r["warm_greedy_accuracy"]), fmt(r["warm_sample_accuracy_t1"]))
     Console(width=200).print(table)
     print("depth>=1 mixed: share of subgroups at depth >= 1 (>= 2 leaves) mixing right and wrong leaves "
