@@ -86,7 +86,7 @@ def test_paper_arms_differ_from_their_references_only_in_the_named_knobs():
             configs[key] = run_params(trial_config(spec, point, 0))
     knobs = lambda c: {k: v for k, v in c.items() if not k.startswith(NOT_KNOBS) and k != PAIR_KNOB}
     for f in fnd.load_findings(ROOT / "analysis" / "findings.yaml", list_experiments()):
-        def arm(name):
+        def arm(name, f=f):
             out = [c for p, c in configs.items() if dict(p)["experiment"] == name
                    and all(c.get(k) == v for k, v in f.where)]
             assert out, f"{f.id}: no arm of sweeps/paper.yaml runs {name} where {dict(f.where)}"

@@ -297,3 +297,22 @@ def test_default_groups_follow_the_strategy_tag_and_keep_experiment_colours(stor
     assert grouping.keys == ["treepo.strategy"] and [g.n for g in grouping.groups] == [2, 2]
     assert {g.style_key for g in grouping.groups} == {"grpo", "treepo_fixed_init"}  # registry colours
     assert [g.sequential for g in grouping.groups].count(True) == 1
+
+
+def test_report_writes_runs_csv_and_rebuilds_from_it(store, cmp_report, tmp_path, capsys):
+    """runs.csv beside the report holds every held-out curve; `report --from-csv` re-derives the summary and the
+    time-to-accuracy tables exactly, with no MLflow store and no machine path in the page."""
+    md = cmp_report.markdown.read_text()
+    csv = cmp_report.out_dir / "runs.csv"
+    table = pd.read_csv(csv)
+    assert sorted(table["run_id"].unique()) == sorted(store["ids"]["cmp"]) and {"cpu_s", "tokens"} <= set(table)
+    assert "sqlite:////" not in md and str(Path(store["uri"][len("sqlite:///"):]).parent) not in md
+    rc = main(["report", "--from-csv", str(csv), "--out", str(tmp_path / "again"), "--group-by", "treepo.experiment"])
+    assert rc in (0, None), capsys.readouterr().err
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert _table(again, "Summary") == _table(md, "Summary")
+    part = lambda text: text.split("## Compute-matched view", 1)[1].split("\n## ", 1)[0]
+    assert [ln for ln in part(again).splitlines() if ln.startswith("|")] == \
+        [ln for ln in part(md).splitlines() if ln.startswith("|")]
+    rc = main(["report", "--from-csv", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "never")])
+    assert rc == 2 and "--from-csv=" in capsys.readouterr().err and not (tmp_path / "never").exists()

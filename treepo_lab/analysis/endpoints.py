@@ -150,8 +150,8 @@ def compare(exp: list[Curve], ref: list[Curve]) -> Endpoints:
         notes.append("the reference did not improve on the starting accuracy: no tokens-to-target")
     targets = []
     for i, q in enumerate(TARGETS):
-        reach = lambda c: first_reach(c.tokens, c.acc, levels.get(c.stratum, [inf.NAN] * 3)[i])
-        ta, tb = np.array([reach(c) for c in a]), np.array([reach(c) for c in b])
+        ta, tb = (np.array([first_reach(c.tokens, c.acc, levels.get(c.stratum, [inf.NAN] * 3)[i]) for c in arm])
+                  for arm in (a, b))
         targets.append(Target(q, _ratio(paired, ta, tb), (int(np.isfinite(ta).sum()), int(np.isfinite(tb).sum()),
                                                           len(a))))
     tps = _ratio(paired, [c.tokens[-1] / c.final_step for c in a], [c.tokens[-1] / c.final_step for c in b])

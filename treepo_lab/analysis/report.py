@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from treepo_lab.analysis import optuna_view, plots_curves, plots_rollout, tables, trees
 from treepo_lab.analysis.groups import Group, Grouping, group_runs
-from treepo_lab.analysis import runs_table
+from treepo_lab.analysis import endpoints, runs_table
 from treepo_lab.analysis.runset import RunSet, default_cache_dir, load, store_name
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.series import ACCURACY, DECODED, WALL, Series
@@ -180,6 +180,11 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
     if data.kind == "sweep" or study is not None:
         sections.append(_optuna_section(data, fig_dir, written, study))
     miss = missing_metrics(data, series, grouping)
+    table = runs_table.build(data)[0]  # the held-out curves, written beside the report as runs.csv
+    overlap = endpoints.overlapping_pairs(table)
+    if overlap:
+        miss.append(f"{overlap} pairs of runs of different experiments trained at the same time on one host: their "
+                    "wall times share the machine's load; compare costs in rollout tokens or CPU seconds (time/cpu_s)")
     sec = Section("Incomplete data", notes=notes + miss or ["none: every run finished and logged every metric"])
     if len(grouping.left_out):
         sec.tables.append(tables.Table(["run", "status", "error"], [[r.run_name, r.status, r.error[:200]]
@@ -189,7 +194,7 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
     sections.append(Section("Runs", tables=[_runs_table(data, grouping)]))
     title = f"Comparison report: {data.name}"
     md_path, html_path = out / "report.md", out / "report.html"
-    runs_table.write(runs_table.build(data)[0], out / "runs.csv")  # what `report --from-csv` rebuilds it from
+    runs_table.write(table, out / "runs.csv")  # what `report --from-csv` rebuilds it from
     md_path.write_text(markdown(title, sections, out))
     html_path.write_text(page(title, sections))
     parent_id = None

@@ -13,7 +13,7 @@ import numpy as np
 from treepo_lab.analysis import stats
 from treepo_lab.analysis.groups import Group, Grouping
 from treepo_lab.analysis.plots_rollout import per_run
-from treepo_lab.analysis.series import ACCURACY, TOKENS, WALL, Series, first_reach
+from treepo_lab.analysis.series import ACCURACY, CPU, TOKENS, WALL, Series, first_reach
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
@@ -130,11 +130,14 @@ def default_levels(series: Series, grouping: Grouping, key: str = ACCURACY) -> l
 def time_to_accuracy(series: Series, grouping: Grouping, levels: list[float]) -> Table:
     """Rollout tokens and wall seconds each group needs to reach each accuracy (mean over the seeds
     that reach it, with how many did)."""
-    cols = ["group"] + [f"tokens to {100 * a:.1f}%" for a in levels] + [f"seconds to {100 * a:.1f}%" for a in levels]
+    # CPU seconds where the runs logged them: wall seconds also count whoever else used the machine
+    cpu = any(series.has(r, CPU) for g in grouping.groups for r in g.run_ids)
+    unit = "CPU s" if cpu else "seconds"
+    cols = ["group"] + [f"tokens to {100 * a:.1f}%" for a in levels] + [f"{unit} to {100 * a:.1f}%" for a in levels]
     rows = []
     for g in grouping.groups:
         row = [g.label]
-        for x_key in (TOKENS, WALL):
+        for x_key in (TOKENS, CPU if cpu else WALL):
             curves = [series.paired(r, ACCURACY, x_key) for r in g.run_ids]
             for a in levels:
                 hits = np.array([first_reach(x, y, a) for x, y in curves])

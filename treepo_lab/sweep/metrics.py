@@ -17,11 +17,12 @@ LOGGED = (
     "cumulative/rollout/token_saving", "cumulative/rollout/forward_calls", "cumulative/timing_s/gen",
     "tree/depth/mean", "tree/fallback_count", "tree/leaves_per_prompt/mean",
     "timing_s/gen", "timing_s/step", "timing_s/update", "time/wall_s", "train/step",
-    "time/cpu_s", "timing_s/cpu_step", "eval/sample_accuracy",
+    "time/cpu_s", "timing_s/cpu_step",
     # the saving against the sequential sampler on the same engine (rollout/token_saving: vs independent)
     "rollout/token_saving_vs_sequential", "cumulative/rollout/token_saving_vs_sequential",
 )
-PATTERNS = (r"eval/(avg|pass|maj)_at_\d+", r"tree/depth-\d+_ratio")
+PATTERNS = (r"eval/(avg|pass|maj)_at_\d+", r"tree/depth-\d+_ratio",
+            r"eval/sample_accuracy")  # with eval.sample_k > 0 only
 
 
 def is_logged(metric: str) -> bool:
