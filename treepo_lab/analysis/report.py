@@ -125,7 +125,7 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
     sections: list[Section] = []
 
     src = {"sweep": f"sweep `{data.name}`", "experiment": f"MLflow experiment `{data.name}`",
-           "filter": "a search filter", "runs": "the given run ids"}[data.kind]
+           "filter": "a search filter", "runs": "the given run ids", "csv": "a runs table"}[data.kind]
     where = data.tracking_uri if data.tracking_uri.startswith("`") else f"`{store_name(data.tracking_uri)}`"
     head = Section("What this compares", [
         f"{len(data.runs)} runs from {src} in {where}, grouped by `{' + '.join(grouping.keys)}` into "
@@ -174,7 +174,11 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
         sections.append(Section("Tree shape", figures=[(f[0], "leaf depth histogram, branches per active path, "
                                                               "prompts with a fallback, finish reasons")]))
         say("trees")
-        sections.append(_tree_section(data, grouping, fig_dir, cache_dir, written))
+        if data.kind == "csv":  # held-out curves only: the trees live in the MLflow store
+            sections.append(Section("One sampled tree per group", notes=["not in a runs.csv: build the report "
+                                                                         "from the MLflow store to draw trees"]))
+        else:
+            sections.append(_tree_section(data, grouping, fig_dir, cache_dir, written))
     else:
         notes.append("no run to compare: every selected run failed or was killed" if len(data.runs) else "no runs selected")
     if data.kind == "sweep" or study is not None:

@@ -153,4 +153,4 @@ def to_runset(table: pd.DataFrame, name: str, source: str) -> RunSet:
                          "tags." + EXPERIMENT_TAG: first["experiment"], "tags." + SEED_TAG: first["seed"].astype(str)})
     for c in [c for c in first.columns if c.startswith(KNOB)]:
         runs["params." + c[len(KNOB):]] = first[c]
-    return RunSet(name, source, runs, metrics, kind="runs")
+    return RunSet(name, source, runs, metrics, kind="csv")
