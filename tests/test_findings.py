@@ -190,3 +190,11 @@ def test_a_csv_without_a_required_column_is_refused(tmp_path):
     (tmp_path / "runs.csv").write_text("run_id,experiment,seed,step,accuracy,tokens,wall_s\nr,e,0,0,0.5,0,0\n")
     with pytest.raises(ConfigError, match="missing: cpu_s"):
         runs_table.read(tmp_path / "runs.csv")
+
+
+def test_where_selects_runs_by_a_kept_column_only():
+    table = curves_table(arms({"tokens": 1000.0}, {"tokens": 1000.0}), knobs={"task.name": "chain"})
+    sel = lambda v: fnd.evaluate([finding(where=(("task.name", v),))], table)[0]
+    assert sel("chain").verdict == "non-inferior" and sel("chain_mid").reason == "no finished runs of exp, ref"
+    without = table.drop(columns=[runs_table.KNOB + "task.name"])  # a table that cannot tell the tasks apart
+    assert fnd.evaluate([finding(where=(("task.name", "chain"),))], without)[0].verdict == "not tested"

@@ -130,6 +130,11 @@ def fire_metrics(findings: list[Finding]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f.fires for f in findings if f.fires))
 
 
+def selected_keys(findings: list[Finding]) -> tuple[str, ...]:
+    """The config keys the findings select runs by (`where:`): the runs table keeps their columns."""
+    return tuple(dict.fromkeys(k for f in findings for k, _ in f.where))
+
+
 # ---- one finding ---------------------------------------------------------------------------------------
 @dataclass
 class FindingResult:
@@ -150,8 +155,8 @@ def _rows(table: pd.DataFrame, f: Finding, experiment: str) -> pd.DataFrame:
     rows = table[table["experiment"] == experiment]
     for key, value in f.where:
         col = KNOB + key
-        if col not in rows.columns:  # the key is the same in every run: it selects all or nothing
-            continue
+        if col not in rows.columns:  # a table written without it (runs_table.build keeps where-keys): nothing
+            return rows.iloc[:0]
         rows = rows[rows[col].astype(str) == value]
     return rows
 
@@ -262,7 +267,7 @@ def claim_text(f: Finding) -> str:
 
 FINDINGS_COLUMNS = ["finding", "paper's claim", "experiment vs reference", "runs (pairs)",
                     "Δ acc. per update, last quarter (pp) [95% CI]", "Δ acc. at the final step (pp) [95% CI]",
-                    "p sign-flip / Holm", "tokens to 50% of ref. gain, exp./ref. [95% CI] (reached)",
+                    "p: sign-flip (Δ=0) / the claim's test, Holm", "tokens to 50% of ref. gain, exp./ref. [95% CI] (reached)",
                     "tokens to 80%", "tokens to 90%", "tokens per step, exp./ref.", "verdict per update",
                     "per compute (80%)", "preconditions"]
 

@@ -33,20 +33,22 @@ def _col(runs: pd.DataFrame, *names: str):
     return next((runs[c] for c in names if c in runs.columns), pd.Series([None] * len(runs), index=runs.index))
 
 
-def knob_columns(params: pd.DataFrame) -> list[str]:
-    """The param columns whose values differ between the runs (a missing value counts as a value)."""
+def knob_columns(params: pd.DataFrame, keep: tuple[str, ...] = ()) -> list[str]:
+    """The param columns whose values differ between the runs (a missing value counts as a value), and those
+    of `keep` (keys a finding selects runs by: they must be in the table even where every run agrees)."""
     out = []
     for c in params.columns:
         key = c[len("params."):]
         if not c.startswith("params.") or key.startswith(NOT_KNOBS):
             continue
-        if params[c].fillna("(unset)").astype(str).nunique() > 1:
+        if key in keep or params[c].fillna("(unset)").astype(str).nunique() > 1:
             out.append(c)
     return out
 
 
-def build(data: RunSet, fires: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
-    """(the runs table of the finished runs of `data`, notes on what was left out)."""
+def build(data: RunSet, fires: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """(the runs table of the finished runs of `data`, notes on what was left out); `keep`: param keys whose
+    column is written whether or not the runs differ in it."""
     runs = data.runs
     notes = []
     if "status" in runs.columns:
@@ -56,7 +58,7 @@ def build(data: RunSet, fires: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list
                          + ", ".join(f"{n} ({s})" for n, s in zip(others["run_name"], others["status"])))
         runs = runs[runs["status"] == "FINISHED"]
     series = Series(data)
-    knobs = knob_columns(runs)
+    knobs = knob_columns(runs, keep)
     rows = []
     for _, r in runs.iterrows():
         rid = r["run_id"]

@@ -129,7 +129,7 @@ def cmd_paper(args: list[str], out=None) -> int:
         status = summary["status"]
     uri = driver.prepare(a.spec, sweep_args(a, found), a.storage, a.tracking_uri)[1]
     data = load(sweep=spec.name, tracking_uri=uri, cache_dir=False)
-    table, notes = runs_table.build(data, fnd.fire_metrics(found))
+    table, notes = runs_table.build(data, fnd.fire_metrics(found), fnd.selected_keys(found))
     budget = ", ".join(map(_portable, spec.overrides)) or "the registry defaults"
     notes.insert(0, f"Budget (overrides of every run): `{budget}`.")
     path = write_report(spec.name, found, table, Path(a.out), f"sweep `{spec.name}` in `{store_name(uri)}`", notes,
