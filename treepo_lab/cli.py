@@ -7,6 +7,7 @@ on the line brings other libraries' output back.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ def cmd_train(own, overrides, raw, default="default"):
 
     cfg = _load(own, overrides, default)
     if cfg.trainer.nproc > 1 and not launch.launched():  # this process starts the ranks and waits
+        from treepo_lab.train.run import check_run_name
+
+        check_run_name(cfg)  # refused here, before any rank starts
         launch.launch(cfg, ["train", *raw])
         return
     trainer, history = run_experiment(cfg)
@@ -196,11 +200,13 @@ def cmd_rollout(own, overrides, raw):
 
 def cmd_demo(own, overrides, raw):
     """Warm start (cached), then the demo sweep (4 strategies x 2 seeds, 2 workers) and its report."""
-    from treepo_lab.sweep.commands import cmd_sweep
+    from treepo_lab.sweep.commands import cmd_sweep, parse_sweep
 
-    cmd_warmstart(own, overrides, raw, default="demo")  # the embedded model and its held-out accuracy before RL
     spec = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
-    return cmd_sweep([str(spec if spec.is_file() else "sweeps/demo.yaml"), "--workers", "2", *overrides])
+    args = [str(spec if spec.is_file() else "sweeps/demo.yaml"), "--workers", "2", *overrides]
+    parse_sweep(args)  # a bad argument stops here, not after the warm start
+    cmd_warmstart(own, overrides, raw, default="demo")  # the embedded model and its held-out accuracy before RL
+    return cmd_sweep(args)
 
 
 def cmd_ui(own, overrides, raw):
@@ -239,7 +245,8 @@ COMMANDS = {
     "demo": Command(cmd_demo, "warm-start the embedded model, run the demo sweep (4 strategies x 2 seeds) and its report",
                     "treepo-lab demo [key=value ...]",
                     "Runs `warmstart`, then `sweep sweeps/demo.yaml --workers 2` (GRPO, GRPO w/ tree sampling, TreePO\n"
-                    "fixed / random init divergence, 2 seeds each); key=value applies to every trial."),
+                    "fixed / random init divergence, 2 seeds each); key=value applies to every trial.\n"
+                    "e.g. treepo-lab demo trainer.steps=30 eval.n_problems=50"),
     "list": Command(cmd_list, "the registered experiments (experiments/*.yaml) with one-line descriptions",
                     "treepo-lab list", "Takes no arguments.", own=(), overrides=False),
     "show": Command(cmd_show, "the resolved config of an experiment, every key with its value",
@@ -314,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         own, overrides = _split(args, cmd) if name not in RAW_ARGS else ({}, [])
         status = cmd.run(own, overrides, args)
     except KeyboardInterrupt as stop:  # Ctrl-C: where the run stands, how to go on, no traceback
-        print(interrupted_line(stop), file=sys.stderr)
-        return 130
+        if os.environ.get("RANK", "0") == "0":  # one line per run: rank 0's (or the launcher's)
+            print(interrupted_line(stop), file=sys.stderr)
+        return getattr(stop, "exit_code", 130)  # 143: the launcher of the ranks got SIGTERM
     except SystemExit as stop:  # argparse of report/export/figures: --help (0) or a bad option (2, message printed)
         if name not in OWN_HELP:
             raise

@@ -126,7 +126,10 @@ def hint_for(cmd: str, err: BaseException, line: str = "") -> str:
 
 
 def interrupted_line(stop: KeyboardInterrupt) -> str:
-    """Ctrl-C: run_experiment raises a KeyboardInterrupt carrying .checkpoint and .resume_ref."""
+    """Ctrl-C: run_experiment raises a KeyboardInterrupt carrying .checkpoint and .resume_ref (the
+    launcher of the ranks, which knows neither, one carrying its own .line)."""
+    if getattr(stop, "line", None):
+        return stop.line
     ckpt, ref = getattr(stop, "checkpoint", None), getattr(stop, "resume_ref", None)
     if ckpt is None:
         return "interrupted: no checkpoint yet" + (f" (run {ref})" if ref else "")

@@ -111,3 +111,22 @@ def unknown_fields(obj, prefix: str = "") -> list[str]:
     for name in declared:
         out += unknown_fields(getattr(obj, name), f"{prefix}{name}.")
     return out
+
+
+def parse_with_overrides(parser, args: list[str]):
+    """argparse for a command with options and key=value overrides in any order (`sweep SPEC --workers 2
+    trainer.steps=30`, `paper --only ID trainer.nproc=3`): a token with '=' is an override unless it is an
+    option (`--out=DIR`) or the value of a one-value option (`--storage URL`); overrides go to the parser's
+    `overrides` list, never to an option such as `--only ID ...`."""
+    rest, overrides, i = [], [], 0
+    while i < len(args):
+        action = parser._option_string_actions.get(args[i])
+        if action is not None and action.nargs is None:  # `--opt VALUE`: the value may hold '='
+            rest += args[i:i + 2]
+            i += 2
+            continue
+        (overrides if "=" in args[i] and not args[i].startswith("-") else rest).append(args[i])
+        i += 1
+    ns = parser.parse_args(rest)
+    ns.overrides = [*ns.overrides, *overrides]
+    return ns

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from treepo_lab.overrides import parse_with_overrides
 
-def cmd_sweep(args: list[str]) -> int:
+
+def parse_sweep(args: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="treepo-lab sweep", description="run (or resume) an Optuna sweep over a spec")
     p.add_argument("spec", help="sweeps/NAME.yaml")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (they split the cores)")
@@ -22,7 +24,11 @@ def cmd_sweep(args: list[str]) -> int:
                                                          "else sqlite:///mlflow.db)")
     p.add_argument("overrides", nargs="*", help="key=value for every trial (trainer.steps=30), "
                                                  "sweep.<field>=value for the spec (sweep.n_trials=4)")
-    a = p.parse_args(args)
+    return parse_with_overrides(p, args)  # options and overrides in any order
+
+
+def cmd_sweep(args: list[str]) -> int:
+    a = parse_sweep(args)
     from treepo_lab.sweep import driver
 
     summary = driver.run_sweep(a.spec, a.overrides, a.workers, a.storage, a.tracking_uri)

@@ -54,7 +54,9 @@ def parse(args: list[str]) -> argparse.Namespace:
     p.add_argument("--from-csv", metavar="RUNS_CSV", help="with --report-only: the report from a runs.csv another "
                    "report wrote (no MLflow store needed)")
     p.add_argument("overrides", nargs="*", help="key=value for every run (trainer.steps=30), sweep.<field>=value")
-    return p.parse_args(args)
+    from treepo_lab.overrides import parse_with_overrides
+
+    return parse_with_overrides(p, args)  # options and overrides in any order; --only never takes a key=value
 
 
 def select(a: argparse.Namespace) -> list[fnd.Finding]:

@@ -310,7 +310,7 @@ def _number(raw: dict, key: str, default, kind=int, lo=1, none_ok=False):
     if v is None and none_ok:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) or v < lo:
-        _bad(key, v, f"{'null or ' if none_ok else ''}a number >= {lo}")
+        _bad(key, v, f"{'null or ' if none_ok else ''}{'an integer' if kind is int else 'a number'} >= {lo}")
     return kind(v)
 
 

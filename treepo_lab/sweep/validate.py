@@ -1,6 +1,7 @@
 """Everything a spec can get wrong, refused before any Optuna study or MLflow run exists: unknown keys
 (with a did-you-mean), registry names, objective metrics that training never logs, and every point of a
-finite space (or each value of a larger one) that the experiment config's own validation rejects."""
+finite space (or each value of a larger one) that the experiment config's own validation rejects, or whose
+world size and device the machine cannot run (the check `treepo-lab train` makes before it launches ranks)."""
 from __future__ import annotations
 
 import difflib
@@ -15,6 +16,7 @@ from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import metrics
 from treepo_lab.sweep.space import checked_units, point_text, trial_config
 from treepo_lab.sweep.spec import SweepSpec
+from treepo_lab.train.preflight import check_devices
 
 SPECIAL = ("experiment",)
 
@@ -82,7 +84,10 @@ def check_points(spec: SweepSpec) -> int:
     for point, seed in checked:
         where = point_text(point) + (f" seed={seed}" if spec.per_unit else "")
         try:
-            trial_config(spec, point, seed)
+            cfg = trial_config(spec, point, seed)
+            # the world and devices `treepo-lab train` checks before it launches ranks
+            check_devices(cfg.trainer.nproc, cfg.model.device,
+                          "nproc_per_trial" if spec.nproc_per_trial > 1 else "trainer.nproc")
         except ConfigError as err:
             raise ConfigError(err.key, err.value, f"{err.allowed} (sweep point {where})") from None
         except (HydraException, OmegaConfBaseException) as err:

@@ -12,7 +12,8 @@ exists (`run_experiment` calls `preflight` first): only training itself can leav
     the tokenizer covers every character of the prompts and answers (no silent <unk>)
     the longest prompt plus the longest response (max_depth * segment_len) fits the model's positions
     the DAPO overlong buffer is shorter than the longest response
-    the world (trainer.nproc, or torchrun's WORLD_SIZE) splits prompts_per_step, and the engine can follow it
+    the world (trainer.nproc, or torchrun's WORLD_SIZE) splits prompts_per_step, and the engine can follow it;
+        on cuda, one visible GPU per rank of the node
 
 Each failure is a ConfigError (one line at the command line, exit 2). Warnings (e.g. string answers
 under Math-Verify) come back in the result for the caller to print.
@@ -83,10 +84,28 @@ def world_size(cfg: ExperimentConfig) -> tuple[int, str]:
 def check_world(cfg: ExperimentConfig) -> None:
     size, key = world_size(cfg)
     cfg.trainer.check_world(size, key)
+    if "WORLD_SIZE" in os.environ:  # torchrun: the GPUs of this node serve its own ranks only
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", size)), cfg.model.device,
+                      "LOCAL_WORLD_SIZE (torchrun --nproc-per-node)")
+    else:
+        check_devices(size, cfg.model.device, key)
     tp = cfg.engine.tensor_parallel_size
     if size > 1 and cfg.engine.name == "vllm" and size % tp:
         raise ConfigError("engine.tensor_parallel_size", tp, f"a divisor of the world size {size} ({key}): one "
                                                               "vLLM engine per group of that many ranks")
+
+
+def check_devices(size: int, device: str, key: str = "trainer.nproc") -> None:
+    """On cuda, one visible GPU per rank of this node (and one for a single process)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if size > 1 and count < size:
+        raise ConfigError(key, size, f"at most the {count} visible GPUs (one rank per GPU)")
+    if count == 0:
+        raise ConfigError("model.device", device, "cpu or auto: no GPU is visible here")
 
 
 def check_keys(cfg: ExperimentConfig) -> None:

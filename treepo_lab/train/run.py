@@ -54,14 +54,21 @@ def _run_name(cfg: ExperimentConfig, trial: int | None) -> str:
         [cfg.name] + ([f"t{trial}"] if trial is not None else []) + [f"s{cfg.seed}", time.strftime("%m%d-%H%M%S")])
 
 
+def check_run_name(cfg) -> None:
+    """An explicit tracking.run_name whose run directory exists is refused (also by the process that
+    launches the ranks, before any starts)."""
+    name, root = cfg.tracking.run_name, Path(cfg.trainer.output_dir).resolve()
+    if name and (root / name).exists():
+        raise ConfigError("tracking.run_name", name, f"a new name: {root / name} already holds a run "
+                                                     f"(resume it: treepo-lab resume {root / name})")
+
+
 def _new_run_dir(cfg: ExperimentConfig, trial: int | None) -> tuple[Path, str]:
     """A run directory nobody has written: an explicit tracking.run_name that exists is refused; an
     automatic name that exists (two runs started in the same second) gets a suffix."""
+    check_run_name(cfg)
     name = _run_name(cfg, trial)
     root = Path(cfg.trainer.output_dir).resolve()
-    if (root / name).exists() and cfg.tracking.run_name:
-        raise ConfigError("tracking.run_name", name, f"a new name: {root / name} already holds a run "
-                                                     f"(resume it: treepo-lab resume {root / name})")
     base, n = name, 2
     while (root / name).exists():
         name, n = f"{base}-{n}", n + 1
@@ -136,7 +143,8 @@ def _run_other_rank(cfg: ExperimentConfig, world, resume_from, on_eval) -> tuple
         trainer = Trainer(cfg, resume_from=resume_from, run_dir=run_dir, on_eval=on_eval)
         history = trainer.fit(progress=False)
     except BaseException as err:
-        distributed.publish_error(world, err)
+        if isinstance(err, Exception):  # Ctrl-C / the launcher's stop: not an error for rank 0 to report
+            distributed.publish_error(world, err)
         distributed.abort_world(world)
         raise
     finally:
