@@ -40,7 +40,7 @@ setup-real-model: setup
 demo: setup
 	$(VENV)/bin/treepo-lab demo
 
-# the paper's findings on the harder task (21 minutes measured on 2 cores; resumes after a kill)
+# the paper's findings (sweeps/paper.yaml: 135 units, ~2.4 h measured on 2 cores; resumes after a kill)
 paper: setup
 	$(VENV)/bin/treepo-lab paper --workers 2
 
