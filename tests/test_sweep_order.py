@@ -18,7 +18,8 @@ from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import storage as sto
 from treepo_lab.sweep import study as st
 from treepo_lab.sweep.space import run_name, split_unit, suggest_unit, trial_config, units
-from treepo_lab.sweep.spec import SEED_PARAM, apply_cli, parse_spec, restrict_blocks
+from treepo_lab.sweep.paper import restrict_blocks
+from treepo_lab.sweep.spec import SEED_PARAM, apply_cli, parse_spec
 from treepo_lab.sweep.trial import PruningHook
 from treepo_lab.sweep.validate import validate_spec
 

@@ -108,12 +108,7 @@ def _diff(paired: bool, x, y) -> inf.Estimate:
 
 
 def _ratio(paired: bool, x, y) -> inf.Estimate:
-    if paired:
-        return inf.log_ratio(x, y)
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    e = inf.welch(np.log(x[np.isfinite(x) & (x > 0)]), np.log(y[np.isfinite(y) & (y > 0)]))
-    ex = lambda v: float(np.exp(v)) if np.isfinite(v) else inf.NAN
-    return inf.Estimate(ex(e.diff), ex(e.low), ex(e.high), e.se, e.df, e.n, False, e.p_perm)
+    return inf.log_ratio(x, y, paired)
 
 
 def _at(c: Curve, budget: float) -> float:

@@ -146,13 +146,18 @@ def seeds_for(effect: float, e: Estimate, limit: int = 1000) -> float:
     return math.inf
 
 
-def log_ratio(a, b) -> Estimate:
-    """Paired ratio a/b on the log scale (a t interval of the mean log ratio); diff/low/high are returned
-    back on the ratio scale (geometric mean ratio and its interval). Pairs with a non-positive side drop."""
+def log_ratio(a, b, paired_runs: bool = True) -> Estimate:
+    """Ratio a/b on the log scale: a t interval of the mean log ratio (paired) or of the difference of mean
+    logs (Welch); diff/low/high come back on the ratio scale (geometric mean ratio and its interval).
+    Non-positive values drop (with their pair when paired)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
-    e = paired(np.log(a[ok]), np.log(b[ok]))
+    pos = lambda x: np.isfinite(x) & (x > 0)
+    if paired_runs:
+        ok = pos(a) & pos(b)
+        e = paired(np.log(a[ok]), np.log(b[ok]))
+    else:
+        e = welch(np.log(a[pos(a)]), np.log(b[pos(b)]))
     if e.n == 0:
         return UNDEFINED
     ex = lambda v: float(np.exp(v)) if math.isfinite(v) else NAN
-    return Estimate(ex(e.diff), ex(e.low), ex(e.high), e.se, e.df, e.n, True, e.p_perm)
+    return Estimate(ex(e.diff), ex(e.low), ex(e.high), e.se, e.df, e.n, e.paired, e.p_perm)

@@ -184,7 +184,7 @@ def build_report(*, sweep: str | None = None, experiment: str | None = None, run
     if data.kind == "sweep" or study is not None:
         sections.append(_optuna_section(data, fig_dir, written, study))
     miss = missing_metrics(data, series, grouping)
-    table = runs_table.build(data)[0]  # the held-out curves, written beside the report as runs.csv
+    table = runs_table.build(data, series=series)[0]  # the held-out curves, written beside the report as runs.csv
     overlap = endpoints.overlapping_pairs(table)
     if overlap:
         miss.append(f"{overlap} pairs of runs of different experiments trained at the same time on one host: their "

@@ -46,9 +46,10 @@ def knob_columns(params: pd.DataFrame, keep: tuple[str, ...] = ()) -> list[str]:
     return out
 
 
-def build(data: RunSet, fires: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
+def build(data: RunSet, fires: tuple[str, ...] = (), keep: tuple[str, ...] = (),
+          series: Series | None = None) -> tuple[pd.DataFrame, list[str]]:
     """(the runs table of the finished runs of `data`, notes on what was left out); `keep`: param keys whose
-    column is written whether or not the runs differ in it."""
+    column is written whether or not the runs differ in it; `series`: the caller's Series of `data`, if built."""
     runs = data.runs
     notes = []
     if "status" in runs.columns:
@@ -57,7 +58,7 @@ def build(data: RunSet, fires: tuple[str, ...] = (), keep: tuple[str, ...] = ())
             notes.append(f"{len(others)} run(s) not FINISHED left out: "
                          + ", ".join(f"{n} ({s})" for n, s in zip(others["run_name"], others["status"])))
         runs = runs[runs["status"] == "FINISHED"]
-    series = Series(data)
+    series = Series(data) if series is None else series
     knobs = knob_columns(runs, keep)
     rows = []
     for _, r in runs.iterrows():

@@ -10,6 +10,7 @@ sweep beside it (comparison/).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from treepo_lab.config import list_experiments
 from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import driver
 from treepo_lab.sweep.grammar import parse_values
-from treepo_lab.sweep.spec import load_spec, read_spec_file, restrict_blocks
+from treepo_lab.sweep.spec import load_spec, read_spec_file
 from treepo_lab.tags import EXPERIMENT_TAG
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (sweeps/, analysis/)
@@ -91,6 +92,43 @@ def sweep_args(a: argparse.Namespace, found: list[fnd.Finding]) -> list[str]:
         if a.seeds is not None:
             args.append(f"sweep.seeds={list(range(a.seeds))}")
     return args + list(a.overrides)
+
+
+def restrict_blocks(raw_blocks: list[dict], experiments: list[str], base: str | None = None) -> list[dict]:
+    """The spec's `blocks:` (as written) narrowed to `experiments` (`treepo-lab paper --only`): each block keeps
+    only those values of its `experiment` key; a key conditioned (when:) on experiment keeps the kept values and
+    is dropped when none is left (with any key conditioned on it); a block left without an experiment is dropped.
+    A block with no experiment key runs the spec's base experiment: kept when `base` is None or listed."""
+    out = []
+    for block in copy.deepcopy(list(raw_blocks)):
+        grid = block.get("grid") or {}
+        if "experiment" not in grid:
+            if base is None or base in experiments:
+                out.append(block)
+            continue
+        kept, dropped = {}, set()
+        for key, entry in grid.items():
+            when = dict(entry.get("when") or {}) if isinstance(entry, dict) else {}
+            if key == "experiment":
+                values = parse_values(key, entry["values"] if isinstance(entry, dict) else entry).values
+                left = [v for v in values if v in experiments]
+                if not left:
+                    break
+                kept[key] = {**entry, "values": left} if isinstance(entry, dict) else left
+            elif set(when) & dropped:  # conditioned on a key no trial of this block has any more
+                dropped.add(key)
+            elif "experiment" in when:
+                cond = when["experiment"] if isinstance(when["experiment"], list) else [when["experiment"]]
+                when["experiment"] = [v for v in cond if v in experiments]
+                if when["experiment"]:
+                    kept[key] = {**entry, "when": when}
+                else:
+                    dropped.add(key)
+            else:
+                kept[key] = entry
+        else:
+            out.append({**block, "grid": kept})
+    return out
 
 
 def _portable(override: str) -> str:

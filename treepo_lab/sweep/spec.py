@@ -38,7 +38,6 @@ spec order). No unit in two blocks.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import inspect
 from dataclasses import dataclass, field
@@ -47,10 +46,9 @@ from typing import Any
 
 import optuna
 import yaml
-
-from treepo_lab.registry import ConfigError
 from optuna.distributions import CategoricalDistribution
 
+from treepo_lab.registry import ConfigError
 from treepo_lab.sweep.grammar import Param, categorical_value, override_value, parse_values
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
@@ -366,40 +364,3 @@ def parse_spec(raw: dict[str, Any]) -> SweepSpec:
 
 def load_spec(path: str | Path, args: list[str] | None = None) -> SweepSpec:
     return parse_spec(apply_cli(read_spec_file(path), list(args or [])))
-
-
-def restrict_blocks(raw_blocks: list[dict], experiments: list[str], base: str | None = None) -> list[dict]:
-    """The spec's `blocks:` (as written) narrowed to `experiments` (`treepo-lab paper --only`): each block keeps
-    only those values of its `experiment` key; a key conditioned (when:) on experiment keeps the kept values and
-    is dropped when none is left (with any key conditioned on it); a block left without an experiment is dropped.
-    A block with no experiment key runs the spec's base experiment: kept when `base` is None or listed."""
-    out = []
-    for block in copy.deepcopy(list(raw_blocks)):
-        grid = block.get("grid") or {}
-        if "experiment" not in grid:
-            if base is None or base in experiments:
-                out.append(block)
-            continue
-        kept, dropped = {}, set()
-        for key, entry in grid.items():
-            when = dict(entry.get("when") or {}) if isinstance(entry, dict) else {}
-            if key == "experiment":
-                values = parse_values(key, entry["values"] if isinstance(entry, dict) else entry).values
-                left = [v for v in values if v in experiments]
-                if not left:
-                    break
-                kept[key] = {**entry, "values": left} if isinstance(entry, dict) else left
-            elif set(when) & dropped:  # conditioned on a key no trial of this block has any more
-                dropped.add(key)
-            elif "experiment" in when:
-                cond = when["experiment"] if isinstance(when["experiment"], list) else [when["experiment"]]
-                when["experiment"] = [v for v in cond if v in experiments]
-                if when["experiment"]:
-                    kept[key] = {**entry, "when": when}
-                else:
-                    dropped.add(key)
-            else:
-                kept[key] = entry
-        else:
-            out.append({**block, "grid": kept})
-    return out
