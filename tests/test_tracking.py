@@ -262,6 +262,43 @@ def test_sigterm_marks_killed(store):
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.parametrize("peer", [None, "rank 1: ValueError: boom"])
+def test_sigterm_while_the_run_is_created_still_ends_it(store, monkeypatch, peer):
+    """torchrun's SIGTERM can reach rank 0 while its run is being created (another rank died at its first
+    step): the run ends KILLED, or FAILED with the other rank's error, never left RUNNING."""
+    real, created = mlflow.start_run, []
+
+    def start_run_then_sigterm(*args, **kwargs):
+        created.append(real(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)  # held until the handler is set
+        return created[-1]
+    monkeypatch.setattr(mlflow, "start_run", start_run_then_sigterm)
+    with pytest.raises(SystemExit):
+        start(store, "sigterm_early", peer_error=(lambda: RuntimeError(peer)) if peer else None)
+        time.sleep(5)  # the held SIGTERM interrupts this at the latest
+    run = get_run(store, created[0].info.run_id)
+    assert run.info.status == ("FAILED" if peer else "KILLED")
+    if peer:
+        assert peer in run.data.tags["treepo.error"]
+
+
+def test_ctrl_c_during_a_store_write_waits_for_the_write(store, monkeypatch):
+    """A KeyboardInterrupt inside an SQLite write left its transaction open and every later write of the
+    process "database is locked" (a sweep worker could not end its run KILLED): Ctrl-C is held until the
+    write is done, then raised."""
+    with pytest.raises(KeyboardInterrupt), start(store, "held") as tr:
+        real = tr.client.log_batch
+
+        def interrupted_write(*args, **kwargs):
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C as the write starts
+            return real(*args, **kwargs)
+        monkeypatch.setattr(tr.client, "log_batch", interrupted_write)
+        tr.log_metrics({"loss": 1.5}, step=0)
+    monkeypatch.undo()
+    run = get_run(store, tr.run_id)
+    assert run.info.status == "KILLED" and run.data.metrics["loss"] == 1.5
+
+
 def test_reports_select_a_sweep_by_the_tag_its_runs_carry(store):
     """The sweep tag the tracker writes is the one the reports select by: a sweep run filed under another
     experiment name is still found by `--sweep` (the two modules once used different strings)."""

@@ -5,7 +5,8 @@ MLflow store. A journal has no heartbeat, so every running trial records its wor
 start time); a worker starting or asking for its next trial fails any trial of this host whose process is
 gone and enqueues its parameters again (Optuna's RetryFailedTrialCallback, the same path as below).
 Many machines: an RDB URL (PostgreSQL) with Optuna's heartbeat; Optuna fails a trial whose heartbeat
-stopped and the same callback retries it.
+stopped and the same callback retries it (a worker of this host that died before its first heartbeat is
+found by its pid, as with a journal).
 """
 from __future__ import annotations
 

@@ -71,8 +71,8 @@ def _next_trial(study: optuna.Study, spec, url: str, retry):
     with sto.study_lock(url):
         if sto.is_rdb(url):
             optuna.storages.fail_stale_trials(study)
-        else:
-            sto.reap_dead_workers(study, retry)
+        # RDB too: Optuna never finds a trial stale whose worker died before its first heartbeat
+        sto.reap_dead_workers(study, retry)
         if st.STOP_ATTR in study.user_attrs:
             return None
         trials = study.get_trials(deepcopy=False)
@@ -84,6 +84,8 @@ def _next_trial(study: optuna.Study, spec, url: str, retry):
         if not st.work_left(spec, trials):
             return WAIT if any(t.state == TrialState.RUNNING for t in trials) else None
         trial = study.ask()
+        if sto.is_rdb(url):  # at once: a trial with no heartbeat yet is never stale to Optuna
+            study._storage.record_heartbeat(trial._trial_id)
         trial.set_user_attr(sto.WORKER_ATTR, sto.worker_record())
         for attr in (st.INTERRUPTED_ATTR, st.ERROR_ATTR, sto.FAIL_REASON_ATTR):  # a retry copies its predecessor's
             if trial.user_attrs.get(attr):

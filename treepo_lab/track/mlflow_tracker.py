@@ -39,6 +39,7 @@ from treepo_lab.tags import (DEVICE_TAG, ENGINE_TAG, ERROR_TAG, EXPERIMENT_TAG, 
                               TRIAL_TAG, VERSION_TAG, WORLD_SIZE_TAG)
 from treepo_lab.track.artifacts import compact_json, compact_tree, eval_sample_rows
 from treepo_lab.track.config import TrackingConfig
+from treepo_lab.track.held_signals import held
 from treepo_lab.track.metric_names import with_headline
 from treepo_lab.track.naming import (default_experiment_name, experiment_description, git_commit, lab_version,
                                      plain_config, run_description, run_params, sanitize_key)
@@ -149,13 +150,15 @@ class Tracker:
     def start(cls, cfg_dict_resolved: Any, tracking_cfg: TrackingConfig, experiment: str, seed: int,
               engine: str, device: str, sweep_id: str | None = None, trial: int | None = None,
               parent_run_id: str | None = None, resume_run_id: str | None = None,
-              overrides: list[str] | None = None, world_size: int = 1) -> Tracker | NullTracker:
+              overrides: list[str] | None = None, world_size: int = 1,
+              peer_error=None) -> Tracker | NullTracker:
         """Start (or resume, by run id) the run and log params, tags and config.yaml.
 
         `experiment` is the registry experiment's name (tag `treepo.experiment`, start of the run name).
         The MLflow experiment is tracking.experiment_name, else $MLFLOW_EXPERIMENT_NAME, else `sweep_id`
         for a sweep trial, else one per task and model (`naming.default_experiment_name`), so runs a
-        user compares share one. Returns NULL_TRACKER when tracking is disabled.
+        user compares share one. Returns NULL_TRACKER when tracking is disabled. `peer_error` (ranks):
+        what a SIGTERM from torchrun means, the error another rank left (the run then ends FAILED with it).
         """
         if not tracking_cfg.enabled:
             return NULL_TRACKER
@@ -192,18 +195,24 @@ class Tracker:
             log.warning("system metrics off: psutil is not installed (pip install psutil)")
             system_metrics = False
         active = mlflow.active_run()
-        run = mlflow.start_run(
-            run_id=resume_run_id, experiment_id=None if resume_run_id else exp_id,
-            run_name=None if resume_run_id else run_name,
-            # nested under the given parent, or under a run this process already has open (a sweep)
-            nested=parent_run_id is not None or active is not None,
-            parent_run_id=None if resume_run_id else parent_run_id,
-            log_system_metrics=system_metrics,
-        )
-        tracker = cls(run.info.run_id, run.info.run_name, run.info.experiment_id, uri)
-        tracker.experiment_name = client.get_experiment(run.info.experiment_id).name
+        # a SIGTERM while the run is created waits for our handler: torchrun stops rank 0 with one when
+        # another rank dies, which can be while the run is being created (it stayed RUNNING)
+        with held() as after:
+            run = mlflow.start_run(
+                run_id=resume_run_id, experiment_id=None if resume_run_id else exp_id,
+                run_name=None if resume_run_id else run_name,
+                # nested under the given parent, or under a run this process already has open (a sweep)
+                nested=parent_run_id is not None or active is not None,
+                parent_run_id=None if resume_run_id else parent_run_id,
+                log_system_metrics=system_metrics,
+            )
+            tracker = cls(run.info.run_id, run.info.run_name, run.info.experiment_id, uri)
+            tracker.peer_error = peer_error
+            if after:
+                tracker._prev_sigterm, after[signal.SIGTERM] = after[signal.SIGTERM], tracker._on_sigterm
+                tracker._sigterm_installed = True
         try:
-            tracker._install_sigterm()
+            tracker.experiment_name = client.get_experiment(run.info.experiment_id).name
             if resume_run_id:
                 tracker._logged_up_to = tracker._last_steps()
                 if ERROR_TAG in run.data.tags:  # the error of the attempt this run resumes from
@@ -254,7 +263,8 @@ class Tracker:
         """A client call; a tracking server that stopped answering is a TrackingError naming it (MLflow
         itself raises only after minutes of retries, with a message about a request)."""
         try:
-            return fn(*args, **kwargs)
+            with held():
+                return fn(*args, **kwargs)
         except (MlflowException, OSError) as e:  # requests' errors are OSErrors
             if not self.tracking_uri.startswith(("http://", "https://")):
                 raise
@@ -317,10 +327,11 @@ class Tracker:
         self._restore_sigterm()
         try:
             active = mlflow.active_run()
-            if active is not None and active.info.run_id == self.run_id:
-                mlflow.end_run(status)  # also stops the system-metrics thread
-            else:  # ended out of order or from another thread: only mark it
-                self.client.set_terminated(self.run_id, status)
+            with held():
+                if active is not None and active.info.run_id == self.run_id:
+                    mlflow.end_run(status)  # also stops the system-metrics thread
+                else:  # ended out of order or from another thread: only mark it
+                    self.client.set_terminated(self.run_id, status)
         except (MlflowException, OSError):  # the server is gone: ending must not mask why we stop
             if not self.tracking_uri.startswith(("http://", "https://")):
                 raise
@@ -343,12 +354,6 @@ class Tracker:
         return False
 
     # -- SIGTERM (sent by schedulers, `kill`, docker stop): end KILLED, then exit
-
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._sigterm_installed = True
 
     def _restore_sigterm(self) -> None:
         if self._sigterm_installed and threading.current_thread() is threading.main_thread():

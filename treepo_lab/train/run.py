@@ -112,7 +112,7 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
         tracking = tracking if name is None else dataclasses.replace(tracking, run_name=name)
         tracker = Tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), tracking, cfg.name, cfg.seed,
                                 cfg.engine.name, device, sweep_id=sweep_id, trial=trial, parent_run_id=parent_run_id,
-                                resume_run_id=resume_run_id, world_size=world.size)
+                                resume_run_id=resume_run_id, world_size=world.size, peer_error=_peer_error(world))
     except BaseException:
         lock.release()
         if created:  # nothing but the lock was written: leave no trace
@@ -154,6 +154,15 @@ def _run_other_rank(cfg: ExperimentConfig, world, resume_from, on_eval) -> tuple
     return trainer, history
 
 
+def _peer_error(world):
+    """torchrun stops every rank with SIGTERM when one fails: the run then ends FAILED with that rank's
+    error (or, when it left none, with this)."""
+    if not world.distributed:
+        return None
+    return lambda: distributed.peer_error(world) or distributed.RankFailed(
+        "stopped by torchrun: another rank failed without a word (killed?), or the job was stopped")
+
+
 def _record_store(trainer: Trainer, tracker, run_dir: Path) -> None:
     """The store and run id, in the run directory (and config.yaml), so a resume from any folder finds them."""
     trainer.tracker = tracker
@@ -166,10 +175,6 @@ def _record_store(trainer: Trainer, tracker, run_dir: Path) -> None:
 def _train(trainer: Trainer, tracker, run_dir: Path, progress: bool) -> list[dict]:
     ref = tracker.run_id or str(run_dir)
     world = trainer.world
-    # torchrun stops every rank with SIGTERM when one fails: the run then ends FAILED with that rank's error
-    if world.distributed and hasattr(tracker, "peer_error"):
-        tracker.peer_error = lambda: distributed.peer_error(world) or distributed.RankFailed(
-            "stopped by torchrun: another rank failed without a word (killed?), or the job was stopped")
     try:
         with tracker:
             tracker.set_tag(RUN_DIR_TAG, str(run_dir))

@@ -1,0 +1,35 @@
+"""Ctrl-C and SIGTERM held while a store write is in flight.
+
+A KeyboardInterrupt raised inside an SQLite write leaves that write's transaction open: every later write of
+the process then fails with "database is locked", so the run could not even be ended KILLED (seen in a sweep
+worker: its run was ended FAILED from outside). Inside `held()` SIGINT and SIGTERM are only recorded; on
+leaving, the handlers are back and each recorded signal is raised again, where a write is no longer open.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+_holding: list[int] = []
+
+
+@contextlib.contextmanager
+def held():
+    """Yields the handlers to set on leaving (signal -> handler; the ones found on entering): a caller may
+    put its own there. Nested or off the main thread (where handlers cannot be set) it holds nothing."""
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    caught: list[int] = []
+    after = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in HELD}
+    _holding.append(1)
+    try:
+        yield after
+    finally:
+        _holding.pop()
+        for sig, handler in after.items():  # None: set outside Python, the default is the closest
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
