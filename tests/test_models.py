@@ -88,6 +88,29 @@ def test_warmstart_cache_key_and_atomic_write(tmp_path, monkeypatch):
     assert cache_key(_tiny_warmstart(tmp_path, task=TaskConfig(held_out_size=7, seed=3))) == cache_key(cfg)
 
 
+def test_a_rank_above_0_waits_for_rank_0s_warm_start(tmp_path, monkeypatch):
+    """transformers writes weights on rank 0 only: a rank 1 that won the builder's lock published an entry
+    with a tokenizer and no model (every later run failed on it). A rank > 0 never builds: it waits."""
+    import threading
+
+    import treepo_lab.models.warmstart as ws
+
+    cfg = _tiny_warmstart(tmp_path)
+    monkeypatch.setattr(ws, "train", lambda cfg: pytest.fail("a rank > 0 built the warm start"))
+    monkeypatch.setenv("RANK", "1")
+    entry = tmp_path / "cache" / cache_key(cfg)
+
+    def rank_0_publishes():
+        entry.mkdir(parents=True)
+        (entry / MARKER).write_text("{}")
+    timer = threading.Timer(0.5, rank_0_publishes)
+    timer.start()
+    try:
+        assert warmstart(cfg) == entry
+    finally:
+        timer.cancel()
+
+
 def test_warmstart_ignores_an_entry_without_marker(tmp_path, monkeypatch):
     cfg = _tiny_warmstart(tmp_path)
     half = tmp_path / "cache" / cache_key(cfg)

@@ -195,6 +195,8 @@ def warmstart(cfg: WarmstartConfig) -> Path:
     final = cache_root(cfg) / cache_key(cfg)
     if (final / MARKER).is_file():
         return final
+    if os.environ.get("RANK", "0") != "0":  # transformers saves weights on rank 0 only: rank 0 builds it
+        return _wait_for(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     # one builder per entry: a second process (a sweep worker) waits for the first, then reuses its entry
     lock = FileLock(str(final.parent / f"{final.name}.lock"))
@@ -207,6 +209,13 @@ def warmstart(cfg: WarmstartConfig) -> Path:
         return final if (final / MARKER).is_file() else _build(cfg, final)
     finally:
         lock.release()
+
+
+def _wait_for(final: Path, poll_s: float = 0.5) -> Path:
+    """A rank > 0: the entry rank 0 is building (a rank that won the lock would publish one without weights)."""
+    while not (final / MARKER).is_file():
+        time.sleep(poll_s)
+    return final
 
 
 def _build(cfg: WarmstartConfig, final: Path) -> Path:

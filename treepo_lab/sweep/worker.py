@@ -7,7 +7,6 @@ its MLflow runs KILLED, and enqueue it again for the next run of the sweep.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -41,13 +40,6 @@ def quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def die_with_parent() -> None:
-    """A worker started by `treepo-lab sweep` dies with it (Linux), so a killed sweep leaves no orphans
-    running trials nobody watches; the trials they held are failed and rerun on the next start."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Heartbeat(threading.Thread):
@@ -161,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.die_with_parent:
-        die_with_parent()
+    if a.die_with_parent:  # a killed sweep leaves no orphans running trials nobody watches; the trials they
+        interrupt.die_with_parent(signal.SIGKILL)  # held are failed and rerun on the next start
     try:
         return work(a.study, a.storage, a.index, a.threads, a.tracking_uri)
     except KeyboardInterrupt:

@@ -20,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import time
 from dataclasses import dataclass
 
 import torch
+
+from treepo_lab.train import interrupt
 
 # how long a collective waits for a slow rank (a long evaluation on rank 0, a slow checkpoint write);
 # a rank that dies closes its sockets, and the others fail at once, not after this
@@ -86,6 +89,8 @@ def init_world(device: str) -> World:
     world = env_world()
     if not world.distributed or torch.distributed.is_initialized():
         return world
+    # a rank stops with its launcher, SIGKILL of it included: SIGTERM, which ends rank 0's run (tracker)
+    interrupt.die_with_parent(signal.SIGTERM)
     if device.startswith("cuda"):
         torch.cuda.set_device(world.local_rank)
         backend = "nccl"

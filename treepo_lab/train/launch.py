@@ -58,6 +58,11 @@ def launch(cfg, argv: list[str]) -> None:
     """Run `treepo-lab <argv>` as cfg.trainer.nproc ranks on this node."""
     for warning in preflight(cfg).warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if cfg.model.path is None:  # built (or found) once here, with its progress, not by the ranks
+        from treepo_lab.config import warmstart_config
+        from treepo_lab.models.warmstart import warmstart
+
+        warmstart(warmstart_config(cfg))
     launch_ranks(cfg.trainer.nproc, cfg.model.device, ["-m", "treepo_lab.cli", *argv])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import sys
@@ -159,8 +160,14 @@ def _peer_error(world):
     error (or, when it left none, with this)."""
     if not world.distributed:
         return None
-    return lambda: distributed.peer_error(world) or distributed.RankFailed(
-        "stopped by torchrun: another rank failed without a word (killed?), or the job was stopped")
+    launcher = os.getppid()
+
+    def reason() -> distributed.RankFailed:
+        if os.getppid() != launcher:  # the parent-death signal (distributed.init_world)
+            return distributed.RankFailed(f"the launcher (pid {launcher}) is gone (killed?): the ranks stopped with it")
+        return distributed.peer_error(world) or distributed.RankFailed(
+            "stopped by torchrun: another rank failed without a word (killed?), or the job was stopped")
+    return reason
 
 
 def _record_store(trainer: Trainer, tracker, run_dir: Path) -> None:
