@@ -19,7 +19,7 @@ from treepo_lab.train.progress import fmt
 NOISY_LOGGERS = ("mlflow", "alembic", "transformers", "urllib3", "httpx", "huggingface_hub", "vllm", "optuna")
 UI_URL = "http://127.0.0.1:5000"
 # by name: importing their modules would load mlflow or torch; a failed rank or launch is one line too
-USER_ERRORS_ELSEWHERE = ("TrackingError", "UIError", "RankFailed", "LaunchFailed")
+USER_ERRORS_ELSEWHERE = ("TrackingError", "UIError", "RankFailed", "LaunchFailed", "CheckpointWriteError")
 VERBOSE = False  # set by configure_output (-v)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
@@ -28,6 +29,17 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from treepo_lab.train.distributed import unwrap
 
 DONE = "state.json"  # written last: a directory without it is not a checkpoint
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (one line: the folder and why); the half-written one is removed."""
+
+    def __init__(self, root: Path, cause: BaseException):
+        why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        if "No space left" in why or getattr(cause, "errno", None) == 28:  # ENOSPC, also inside safetensors' text
+            why = f"no space left on device ({why})"
+        super().__init__(f"could not write a checkpoint in {root}: {why}; the run stopped, its last complete "
+                         "checkpoint is intact: free space, then treepo-lab resume <run dir or run id>")
 
 
 def _rng_state() -> dict:
@@ -62,10 +74,24 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
     opt_state = get_optimizer_state_dict(model, optimizer, options=_FULL)
     if not is_main:
         return final
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write(tmp, model, weights, tokenizer, optimizer, opt_state, scheduler, step, extra)
+    except (OSError, SafetensorError) as err:  # a full disk, a quota, a read-only folder: the earlier ones are whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(root, err) from err
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, model, weights, tokenizer, optimizer, opt_state, scheduler, step: int, extra: dict) -> None:
     unwrap(model).save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "model")
@@ -86,12 +112,6 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
         **extra,
     }
     (tmp / DONE).write_text(json.dumps(state))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(root: Path) -> list[Path]:
