@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         line = user_error_line(err)
         if line is None:
             raise
-        print(f"treepo-lab {name}: {line}", file=sys.stderr)
-        print(f"hint: {hint_for(name, err, line)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank refuses alike: rank 0 says it
+            print(f"treepo-lab {name}: {line}", file=sys.stderr)
+            print(f"hint: {hint_for(name, err, line)}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
 

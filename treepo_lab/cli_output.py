@@ -74,6 +74,9 @@ def user_error_line(err: BaseException) -> str | None:
     if isinstance(err, yaml.YAMLError):
         return f"a YAML file is malformed: {' '.join(str(err).split())}"
     if isinstance(err, (HydraException, OmegaConfBaseException)):
+        typed = _override_of_wrong_type(err)
+        if typed:
+            return typed
         # Hydra's messages are long; the first line names the bad override or key
         lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()][:2]
         cause = err.__cause__
@@ -81,6 +84,27 @@ def user_error_line(err: BaseException) -> str | None:
             lines.append(str(cause).strip().splitlines()[0])  # e.g. why a value could not be converted
         return " ".join(lines)
     return None
+
+
+# OmegaConf's reason for refusing an override's value -> what the key allows
+WANTED_TYPES = (("converted to Integer", "an integer"), ("converted to Float", "a number"),
+                ("not a valid bool", "true or false"), ("Cannot merge DictConfig with", "a mapping, e.g. {key: value}"),
+                ("to Dict[", "a mapping, e.g. {key: value}"), ("not a ListConfig, list or tuple", "a list, e.g. [a, b]"),
+                ("Cannot merge ListConfig with", "a list, e.g. [a, b]"))
+
+
+def _override_of_wrong_type(err: BaseException) -> str | None:
+    """`key=value is not allowed: <what the key's type allows> (OmegaConf's words)` for an override whose
+    value has the wrong type, or None."""
+    import re
+
+    found = re.match(r"Error merging override (\S+?)=(\S*)$", " ".join(str(err).split()))
+    if not found or err.__cause__ is None:
+        return None
+    key, value = found.groups()
+    reason = (str(err.__cause__).strip().splitlines() or [""])[0].strip()
+    wanted = next((w for phrase, w in WANTED_TYPES if phrase in reason), None)
+    return f"{key}={value} is not allowed: {wanted} ({reason})" if wanted else None
 
 
 # which file documents each config section (the field's comment says what it means and allows)

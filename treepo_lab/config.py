@@ -40,7 +40,7 @@ from treepo_lab.rollout.stopping import STOP_RULES
 from treepo_lab.tasks.build import check_task_names
 from treepo_lab.tasks.config import EMBEDDED_TASKS, TaskConfig
 from treepo_lab.track.config import TrackingConfig
-from treepo_lab.train.config import EvalConfig, TrainerConfig
+from treepo_lab.train.config import EvalConfig, TrainerConfig, eval_sampler_config
 
 
 @dataclass
@@ -153,15 +153,17 @@ def check_entries(cfg: ExperimentConfig) -> None:
     a sampler whose trees carry subgroup structure; each entry's `params` are its registered knobs."""
     s, a = cfg.sampler, cfg.advantage
     sampler = SAMPLERS.info(s.kind, "sampler.kind")
-    knobs = SAMPLERS.knobs(s.kind, s.params, "sampler.params")
-    ESTIMATORS.knobs(a.estimator, a.params, "advantage.params")
-    if "check" in sampler:  # a rule of the sampler's own across its knobs and the shared fields
-        sampler["check"](s, knobs)
+    # first the conflict between the entries: knobs an experiment set for its own sampler would otherwise
+    # be named (experiment=treerl sampler.kind=sequential: the estimator needs a tree)
     if needs_tree(a.estimator) and not sampler["tree"]:
         plain = ", ".join(n for n in ESTIMATORS.names() if not needs_tree(n))
         trees = ", ".join(n for n in SAMPLERS.names() if SAMPLERS.info(n)["tree"])
         raise ConfigError("advantage.estimator", a.estimator, f"an estimator without tree structure ({plain}) "
                           f"when sampler.kind={s.kind!r}; or set sampler.kind to a tree sampler ({trees})")
+    knobs = SAMPLERS.knobs(s.kind, s.params, "sampler.params")
+    ESTIMATORS.knobs(a.estimator, a.params, "advantage.params")
+    if "check" in sampler:  # a rule of the sampler's own across its knobs and the shared fields
+        sampler["check"](s, knobs)
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -186,7 +188,23 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _check_vllm(cfg)
     if SAMPLERS.info(cfg.eval.sampler)["tree"] and cfg.eval.k < 2:
         raise ConfigError("eval.k", cfg.eval.k, f"an integer >= 2 with eval.sampler={cfg.eval.sampler} (the tree's width)")
+    _check_eval_sampler(cfg)
     return cfg
+
+
+def _check_eval_sampler(cfg: ExperimentConfig) -> None:
+    """The evaluation's sampler by its own rules, as training's is (eptree's width is a multiple of its chain):
+    its width is eval.k, its knobs the training sampler's when the kinds agree, else the defaults."""
+    ev = eval_sampler_config(cfg.sampler, cfg.eval)
+    rules = SAMPLERS.info(ev.kind)
+    if "check" not in rules:
+        return
+    try:
+        rules["check"](ev, SAMPLERS.knobs(ev.kind, ev.params, "sampler.params"))
+    except ConfigError as err:
+        key = {"sampler.width": "eval.k"}.get(err.key, err.key)
+        raise ConfigError(key, err.value, f"{err.allowed.replace('sampler.kind=', 'eval.sampler=')} "
+                                          f"(the evaluation's sampler; its width is eval.k)") from None
 
 
 def _check_vllm(cfg: ExperimentConfig) -> None:

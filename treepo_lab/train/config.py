@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from treepo_lab.registry import ConfigError
+from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
 
 PACKINGS = ("tree", "flat")  # trainer.packing
 PARALLELS = ("ddp", "fsdp")  # trainer.parallel
@@ -126,3 +127,25 @@ class EvalConfig:
             raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")
         if not isinstance(self.sample_k, int) or isinstance(self.sample_k, bool) or self.sample_k < 0:
             raise ConfigError("eval.sample_k", self.sample_k, "an integer >= 0 (0 = off)")
+
+
+# the evaluation's samplers, derived from the training sampler (its shape) and eval.*
+def sample_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
+    """The eval.sample_k samples: sequential, sample_k per problem, temperature 1, top_p 1."""
+    return dataclasses.replace(
+        sampler, kind="sequential", params=sampler.params if sampler.kind == "sequential" else {},
+        width=ev.sample_k, temperature=1.0, top_k=-1, top_p=1.0, init_div=InitDivConfig())
+
+
+def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
+    greedy = ev.temperature == 0
+    return dataclasses.replace(
+        sampler,
+        kind=ev.sampler,
+        params=sampler.params if ev.sampler == sampler.kind else {},  # knobs belong to the training sampler's kind
+        width=ev.k,
+        temperature=1.0 if greedy else ev.temperature,
+        top_k=1 if greedy else -1,
+        top_p=1.0 if greedy else ev.top_p,
+        init_div=InitDivConfig(),  # kind fixed: every prompt starts like the others
+    )

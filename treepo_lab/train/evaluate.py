@@ -17,43 +17,21 @@ order: the numbers are those of one process, for 1/N of the work per rank.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
 
 import numpy as np
 
 from treepo_lab.algo.scoring import Scorer
-from treepo_lab.rollout.config import InitDivConfig, SamplerConfig
+from treepo_lab.rollout.config import SamplerConfig
 from treepo_lab.rollout.sampler import build_sampler
 from treepo_lab.seeding import derive_seed
 from treepo_lab.tasks.check import AnswerCheck
-from treepo_lab.train.config import EvalConfig
+from treepo_lab.train.config import EvalConfig, eval_sampler_config, sample_sampler_config
 from treepo_lab.train.distributed import SINGLE, World
 
 
 _SAMPLES = 1  # purpose of derive_seed(eval seed, purpose): the sample_k samples' stream
-
-
-def sample_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
-    """The eval.sample_k samples: sequential, sample_k per problem, temperature 1, top_p 1."""
-    return dataclasses.replace(
-        sampler, kind="sequential", params=sampler.params if sampler.kind == "sequential" else {},
-        width=ev.sample_k, temperature=1.0, top_k=-1, top_p=1.0, init_div=InitDivConfig())
-
-
-def eval_sampler_config(sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
-    greedy = ev.temperature == 0
-    return dataclasses.replace(
-        sampler,
-        kind=ev.sampler,
-        params=sampler.params if ev.sampler == sampler.kind else {},  # knobs belong to the training sampler's kind
-        width=ev.k,
-        temperature=1.0 if greedy else ev.temperature,
-        top_k=1 if greedy else -1,
-        top_p=1.0 if greedy else ev.top_p,
-        init_div=InitDivConfig(),  # kind fixed: every prompt starts like the others
-    )
 
 
 def majority_correct(responses: list[str], reference: str, check: AnswerCheck) -> bool:

@@ -49,6 +49,15 @@ def _interrupt_ranks(signum, frame):
     raise stop
 
 
+def quiet_torch_launcher(level: int = logging.ERROR) -> None:
+    """torch's launcher logs INFO/WARNING lines of its own (banners, "Sending process ... SIGTERM"): ours say it."""
+    import torch.distributed.elastic  # noqa: F401 (creates its loggers, each with its own level)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run")):
+            logging.getLogger(name).setLevel(level)
+
+
 def launched() -> bool:
     """This process is a rank started by torchrun (or by `launch`)."""
     return "WORLD_SIZE" in os.environ
@@ -76,9 +85,7 @@ def launch_ranks(n: int, device: str, args: list[str]) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     check_devices(n, device)
-    for name in list(logging.root.manager.loggerDict):  # each of torch's elastic loggers has its own level
-        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
-            logging.getLogger(name).setLevel(logging.ERROR)  # its INFO/WARNING lines are torch's, not ours
+    quiet_torch_launcher()
     rendezvous.register()
     # every store on 127.0.0.1 (rendezvous.py); SIGTERM is ours (_interrupt_ranks), the rest torch's
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex,

@@ -9,10 +9,12 @@ address of the interface that routes to the endpoint). `--standalone` (one node)
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import uuid
 
 from treepo_lab.train import rendezvous
+from treepo_lab.train.launch import quiet_torch_launcher
 
 
 def _given(argv: list[str], *names: str) -> bool:
@@ -33,14 +35,27 @@ def torchrun_args(argv: list[str]) -> tuple[list[str], bool]:
     return opts + rest, standalone
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """torchrun; a rank that fails is one line here (the rank has said why), not torchrun's traceback."""
     argv, standalone = torchrun_args(list(sys.argv[1:] if argv is None else argv))
     rendezvous.register()
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    with rendezvous.loopback_env() if standalone else contextlib.nullcontext():  # gloo / NCCL on loopback too
-        torchrun(argv)
+    quiet_torch_launcher(logging.CRITICAL)  # a failed rank is our one line below
+
+    try:
+        with rendezvous.loopback_env() if standalone else contextlib.nullcontext():  # gloo / NCCL on loopback too
+            torchrun(argv)
+    except ChildFailedError as err:
+        # the rank that failed first exits with its code; torchrun then stops the others (signal: code < 0)
+        failed = {r: f.exitcode for r, f in err.failures.items() if isinstance(f.exitcode, int) and f.exitcode > 0}
+        code = max(failed.values(), default=1)
+        print(f"torchrun: rank {', '.join(map(str, sorted(failed))) or '?'} exited with code {code} (why: above); "
+              "the others were stopped", file=sys.stderr)
+        return code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
