@@ -1,6 +1,6 @@
 """Rollout compute benchmark: the tree sampler against the sequential sampler and `model.generate`.
 
-DESIGN.md "Compute accounting", TREEPO_SPEC.md §3.1. Every configuration runs in ONE process on the
+README "Benchmarks"; the TreePO paper §3. Every configuration runs in ONE process on the
 same model, prompts, w and length budget d*l, in alternating order over several repeats; the table
 shows medians. Rows:
   tree        TreeSampler, b (default 2), first step b0 ~ UniformInt[2, 8] (More-Init) and b0 = b

@@ -28,7 +28,7 @@ def add_ratios(rows: list[dict]) -> None:
         r["wall_vs_seq_same_dxl"] = _div(r["wall_s"], same and same["wall_s"])
         r["wall_vs_generate"] = _div(r["wall_s"], gen and gen["wall_s"])
         r["wall_vs_hf"] = _div(r["wall_s"], hf and hf["wall_s"]) if r["engine"] != "hf" else None
-        # TREEPO_SPEC.md §3.1: throughput gains over the baseline (TokenPS counts cached prompt tokens)
+        # the TreePO paper (arXiv 2508.17445): throughput gains over the baseline (TokenPS counts cached prompt tokens)
         r["traj_ps_vs_seq"] = _div(r["traj_per_s"], ref and ref["traj_per_s"])
         r["token_ps_vs_seq"] = _div(r["paper_tokens_per_s"], ref and ref["paper_tokens_per_s"])
 

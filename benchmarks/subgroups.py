@@ -1,7 +1,7 @@
 """Subgroup benchmark: how often the leaves below one early node disagree, on the warm-started model,
 before any training, for `chain` (the decision in segment 1) and `chain_mid` (the decision in segment 4).
 
-A TreePO subgroup is the set of leaves under one internal node (TREEPO_SPEC.md §2.2). Where every
+A TreePO subgroup is the set of leaves under one internal node (TreePO, arXiv 2508.17445). Where every
 subgroup below the root is all right or all wrong, its baseline equals its leaves' reward and the
 advantage carries no more than GRPO's root baseline (and a shallower credit); where subgroups at depth
 >= 1 mix right and wrong leaves, their baselines differ from the root's and credit can land inside the

@@ -226,7 +226,7 @@ def assert_matches(result, expected, tol=1e-5):
             assert torch.allclose(got.double(), torch.tensor(exp, dtype=torch.float64), atol=tol), (got, exp)
 
 
-# ---- the spec's worked example (TREEPO_SPEC.md §2.3) ----------------------------------------------
+# ---- a worked example of the subgroup advantage (TreePO, arXiv 2508.17445) ------------------------------
 def worked_example():
     t = Tree(prompt_ids=[1])
     t.add(Node(1, None, 1, 1, tokens=[5] * 3))

@@ -1,4 +1,4 @@
-"""The layering rule (DESIGN.md): `*/config.py` hold data and value checks only, names are checked against
+"""The layering rule: `*/config.py` hold data and value checks only, names are checked against
 the registries in treepo_lab/config.py, configs are checked and shown without torch, and the package
 has no import cycle, not even one dodged by an import inside a function."""
 from __future__ import annotations

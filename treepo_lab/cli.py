@@ -98,7 +98,7 @@ def cmd_resume(own, overrides, raw):
         raise UserError("resume needs a run id, run directory or checkpoint first", f"usage: {COMMANDS['resume'].usage}")
     try:
         trainer, history = train_run.resume(raw[0], raw[1:])
-    except getattr(train_run, "RunComplete", ()) as done:  # nothing left to do: not an error
+    except train_run.RunComplete as done:  # nothing left to do: not an error
         print(done)
         return
     if trainer is not None and trainer.world.is_main:  # None: the ranks ran it (trainer.nproc > 1)

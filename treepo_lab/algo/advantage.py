@@ -1,4 +1,4 @@
-"""Advantage estimators (TREEPO_SPEC.md §2.1-2.4), small pure functions registered by name.
+"""Advantage estimators (TreePO, arXiv 2508.17445), small pure functions registered by name.
 
 Input: one `Tree` per prompt and the rewards of its leaves (`rewards[t][i]` belongs to
 `trees[t].leaves[i]`). Every estimator returns, per leaf, its advantage as *runs*: a list of

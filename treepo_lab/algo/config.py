@@ -1,6 +1,6 @@
 """Configuration of the algorithm: advantage estimator, policy loss, reward shaping.
 
-Names follow TREEPO_SPEC.md §7.2-7.4; the official key is given in each comment. Every value is
+Names follow the TreePO paper's released config; the official key is given in each comment. Every value is
 checked by `validate()` (a `ConfigError` names the key, the value and what is allowed) before any
 compute starts; the names (estimator, loss) are checked against their registries in one place,
 treepo_lab/config.py. Fields that do not apply to the chosen estimator are ignored, not rejected, so

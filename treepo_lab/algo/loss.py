@@ -1,4 +1,4 @@
-"""Policy losses (TREEPO_SPEC.md §2.7), registered by name; verl core_algos semantics.
+"""Policy losses (TreePO, arXiv 2508.17445), registered by name; verl core_algos semantics.
 
 All tensors are [batch, time] with a response mask (1 = a valid response token). A loss returns the
 scalar to minimise and a dict of float metrics under verl's names (`actor/...`). Every leaf of a

@@ -1,4 +1,4 @@
-"""Reward shaping and DAPO dynamic sampling (TREEPO_SPEC.md §2.5, §2.6, §7.4).
+"""Reward shaping and DAPO dynamic sampling (TreePO, arXiv 2508.17445).
 
 The score comes from correctness alone (±1 or 0/1), plus DAPO's overlong penalty on the response
 length. Dynamic sampling filters on correctness (acc), not on the shaped reward, as the official

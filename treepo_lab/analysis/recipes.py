@@ -122,32 +122,25 @@ def group_needs(data: RunSet, needs: list[Need]) -> tuple[Grouping, list[Need]]:
         groups.append(Group(n.name, key, list(rows["run_id"]),
                             [str(s) for s in (rows[seed_col] if seed_col else rows["run_id"])],
                             running=list(rows.loc[rows["status"].isin(("RUNNING", "SCHEDULED")), "run_id"]),
-                            sequential=(rows.get("params.sampler.kind") == "sequential").all()))
+                            # runs that never logged sampler.kind (other tools' runs) are not called sequential
+                            sequential="params.sampler.kind" in rows and bool((rows["params.sampler.kind"]
+                                                                               == "sequential").all())))
         if len(rows) == 1:
             notes.append(f"{n.name}: one seed, no band or interval")
     return Grouping(["need"], groups, pd.DataFrame(columns=["run_name", "status", "error"]), notes), missing
 
 
 def launch(needs: list[Need], seeds: int, overrides: list[str], tracking_uri: str) -> str:
-    """Train the missing needs; returns which machinery ran them."""
-    by_overrides: dict[tuple[str, ...], list[str]] = {}
-    for n in needs:
-        by_overrides.setdefault(n.overrides, []).append(n.experiment)
-    sweep = importlib.import_module("treepo_lab.sweep") if importlib.util.find_spec("treepo_lab.sweep") else None
-    run_experiments = getattr(sweep, "run_experiments", None)
-    for over, names_ in by_overrides.items():
-        extra = [*over, *overrides]
-        if run_experiments is not None:
-            run_experiments(names_, list(range(seeds)), extra, tracking_uri)
-            continue
-        from treepo_lab.config import load_config  # the trainer is only needed here (training is optional)
-        from treepo_lab.train.run import run_experiment
+    """Train the missing needs, one run after another; returns which machinery ran them."""
+    from treepo_lab.config import load_config  # the trainer is only needed here (training is optional)
+    from treepo_lab.train.run import run_experiment
 
-        for name in names_:
-            for seed in range(seeds):
-                print(f"figures: training {name} seed {seed} {' '.join(extra)}", file=sys.stderr, flush=True)
-                run_experiment(load_config(name, [*extra, f"seed={seed}", f"tracking.tracking_uri={tracking_uri}"]))
-    return "treepo_lab.sweep.run_experiments" if run_experiments is not None else "run_experiment, sequentially"
+    for n in needs:
+        extra = [*n.overrides, *overrides]
+        for seed in range(seeds):
+            print(f"figures: training {n.experiment} seed {seed} {' '.join(extra)}", file=sys.stderr, flush=True)
+            run_experiment(load_config(n.experiment, [*extra, f"seed={seed}", f"tracking.tracking_uri={tracking_uri}"]))
+    return "run_experiment, sequentially"
 
 
 def run_recipe(name: str, selection: dict, run_missing: bool = False, seeds: int = 2, overrides: list[str] | None = None,

@@ -1,6 +1,6 @@
 """The vLLM engine: the engine protocol on vLLM (V1), with automatic prefix caching.
 
-Like the official TreePO rollout (TREEPO_SPEC.md §1.3, §3.4), it keeps no per-path state: every
+Like the official TreePO rollout (TreePO, arXiv 2508.17445), it keeps no per-path state: every
 request resubmits its full token context (prompt + response so far) as a token-id prompt, and all the
 requests of one call go to one `LLM.generate`, so siblings' shared prefixes are served from vLLM's
 prefix cache instead of being prefilled again. `parent_id` is ignored and `release` is a no-op.
@@ -20,7 +20,7 @@ What each output means (the protocol's fields, as vLLM can give them):
 Sampling is seeded per request from (call seed, path_id), so the same seed gives the same tree
 whatever the batch around a path looks like.
 
-Ids >= len(tokenizer) are never sampled (TREEPO_SPEC.md §6: models pad their embedding matrix beyond
+Ids >= len(tokenizer) are never sampled (models pad their embedding matrix beyond
 the tokenizer, and a sampled padding id makes the next resubmission fail as "out of vocabulary").
 A batch-wide logits processor sets their logits to -inf; a per-request `allowed_token_ids` list
 would do the same at the cost of one vocabulary-sized list per request.

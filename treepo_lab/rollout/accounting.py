@@ -1,4 +1,4 @@
-"""Compute accounting of one rollout (DESIGN.md "Compute accounting", TREEPO_SPEC.md §3).
+"""Compute accounting of one rollout (README "Benchmarks"; the TreePO paper §3).
 
 What the model actually did (engine counters) against two references for the same leaves, plus the
 tree shape:

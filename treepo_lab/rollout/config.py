@@ -1,6 +1,6 @@
 """Sampler configuration: every knob of the segment-wise tree sampler and the sequential baseline.
 
-Data and value checks only. Names follow TREEPO_SPEC.md §7.1 without the `tree_` prefix; the official
+Data and value checks only. Names follow the released TreePO config without the `tree_` prefix; the official
 name is given in each comment (README.md has the whole name map). Every pluggable choice is a
 registered name plus plain numbers: the names (kind, init_div.kind, budget.kind, div_policy,
 div_temp_schedule.kind, stop_rules, fallback_candidates, fallback_cut) are checked against their

@@ -1,4 +1,4 @@
-"""Divergence: how many children each active path gets at the next step (TREEPO_SPEC.md §1.5).
+"""Divergence: how many children each active path gets at the next step (TreePO, arXiv 2508.17445).
 
 Two questions per root and step. The budget control says how many requests the root gets in total
 ("branching budget transfer": finished siblings donate their b children to the survivors, capped so

@@ -1,4 +1,4 @@
-"""Fallback ("depth-first search fallback", TREEPO_SPEC.md §1.6): refill a tree that has no active path
+"""Fallback ("depth-first search fallback", the TreePO paper (arXiv 2508.17445)): refill a tree that has no active path
 and fewer than w leaves by restarting from a prefix of one of its finished leaves.
 
 Per root: order the candidate leaves (registry `CANDIDATE_POLICIES`), choose a cut position in each

@@ -1,4 +1,4 @@
-"""Segment-wise tree sampling (TREEPO_SPEC.md §1.3) and the sequential baseline, behind one interface.
+"""Segment-wise tree sampling (TreePO, arXiv 2508.17445) and the sequential baseline, behind one interface.
 
 Each step sends one request per in-flight path to the engine (requests grouped by prompt so siblings
 sit together), continues every path by at most l tokens, applies the stopping rules to the new

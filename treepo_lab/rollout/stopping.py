@@ -1,4 +1,4 @@
-"""Stopping rules for one freshly generated segment (TREEPO_SPEC.md §1.4), registered by name.
+"""Stopping rules for one freshly generated segment (TreePO, arXiv 2508.17445), registered by name.
 
 `sampler.stop_rules` lists the rules in the order they are tried; the first that fires names the
 finish reason. The default [boxed, eos, max_length, max_depth, repetition] is the official order with

@@ -24,10 +24,6 @@ from treepo_lab.sweep.validate import validate_spec
 from treepo_lab.sweep.worker import quiet
 from treepo_lab.track.config import TrackingConfig
 
-try:  # the reports issue's comparison report; the sweep runs without it
-    from treepo_lab.analysis import build_report
-except ImportError:
-    build_report = None
 
 
 def cores() -> int:
@@ -197,9 +193,9 @@ def run_sweep(spec_path: str, args: list[str] | None = None, workers: int = 1, s
 
 
 def _report(spec: SweepSpec, uri: str, study, out) -> str | None:
-    """The comparison report (reports issue), logged to the parent run; skipped while it is not installed."""
-    if build_report is None:
-        return None
+    """The comparison report, logged to the parent run."""
+    from treepo_lab.analysis import build_report  # pandas and matplotlib: only once the sweep is done
+
     try:
         return str(build_report(sweep=spec.name, tracking_uri=uri, study=study))
     except Exception as err:  # the sweep's results stand without the report

@@ -1,4 +1,4 @@
-"""The metric names training logs (DESIGN.md), so an objective that no run would ever log is refused
+"""The metric names training logs (track/metric_names.py), so an objective that no run would ever log is refused
 before a study exists. tests/test_sweep.py checks this list against what real trial runs log."""
 from __future__ import annotations
 

@@ -11,13 +11,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from treepo_lab.algo.config import REWARD_SCALES
 from treepo_lab.registry import ConfigError, Registry
 from treepo_lab.tasks.check import AnswerCheck
 
 # name -> builder(TaskConfig, AnswerCheck) -> Task
 TASKS: Registry = Registry("task")
-
-REWARD_SCALES = ("pm1", "01")
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Score:
 
 
 def reward_for(correct: bool, reward_scale: str = "pm1") -> float:
-    """+1/-1 as in the released TreePO reward (TREEPO_SPEC.md §2.6), or 1/0 with "01"."""
+    """+1/-1 as in the released TreePO reward, or 1/0 with "01"."""
     if reward_scale == "pm1":
         return 1.0 if correct else -1.0
     if reward_scale == "01":

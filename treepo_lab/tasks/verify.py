@@ -1,6 +1,6 @@
 """Answer extraction and checking: the last `\\boxed{...}` of a response, compared with Math-Verify.
 
-The reward of TREEPO_SPEC.md §2.6 is decided here. A verifier error or timeout means "wrong", never an
+The reward of the TreePO paper (arXiv 2508.17445) is decided here. A verifier error or timeout means "wrong", never an
 exception: one odd response must not stop a training run.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 MLflow's run charts put metrics in sections named by the key's prefix (everything before the last
 "/") and sort the sections alphabetically, so `actor/*` and `critic/*` come before `eval/*` and
 `rollout/*`, and a user scrolls past a dozen sections to see accuracy against compute. The metric
-names stay those of DESIGN.md (what reports, sweeps and tests read: `eval/accuracy`,
+names stay fixed (what reports, sweeps and tests read: `eval/accuracy`,
 `cumulative/rollout/decoded_tokens`, ...); the tracker also logs the few headline curves below under
 `1_compare/`, a section that sorts first ("1" before any letter). Nothing else reads the aliases.
 """

@@ -1,4 +1,4 @@
-"""The metrics of one training step, assembled from what the step produced (DESIGN.md names).
+"""The metrics of one training step, assembled from what the step produced (the names metric_names.py holds).
 
 Kept out of the trainer's loop so that the loop reads as the algorithm; every function here only
 reads its inputs.

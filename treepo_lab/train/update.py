@@ -1,4 +1,4 @@
-"""The PPO policy update of one training step (TREEPO_SPEC.md §2.7), as plain functions.
+"""The PPO policy update of one training step (TreePO, arXiv 2508.17445), as plain functions.
 
 Every leaf is one row: its prompt + its response, with its own per-token advantages. With
 `trainer.packing: flat` a prefix shared by k leaves is trained k times, as the official code does (§1.8);
