@@ -1,9 +1,10 @@
-"""Ctrl-C and SIGTERM held while a store write is in flight.
+"""Ctrl-C and SIGTERM held while a store write or a checkpoint write is in flight.
 
 A KeyboardInterrupt raised inside an SQLite write leaves that write's transaction open: every later write of
 the process then fails with "database is locked", so the run could not even be ended KILLED (seen in a sweep
 worker: its run was ended FAILED from outside). Inside `held()` SIGINT and SIGTERM are only recorded; on
 leaving, the handlers are back and each recorded signal is raised again, where a write is no longer open.
+A checkpoint is written whole the same way (train/checkpoint.py): it is what `resume` continues from.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
+from treepo_lab.track.held_signals import held
 from treepo_lab.train.distributed import unwrap
 
 DONE = "state.json"  # written last: a directory without it is not a checkpoint
@@ -75,17 +76,20 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
     if not is_main:
         return final
     tmp = root / f".step-{step:06d}.tmp"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        _write(tmp, model, weights, tokenizer, optimizer, opt_state, scheduler, step, extra)
-    except (OSError, SafetensorError) as err:  # a full disk, a quota, a read-only folder: the earlier ones are whole
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointWriteError(root, err) from err
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    # a stop (Ctrl-C, torchrun's SIGTERM when another rank died) waits for the checkpoint being written: it
+    # is what `resume` will continue from (one interrupted mid-write left only the half-written .tmp)
+    with held():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            _write(tmp, model, weights, tokenizer, optimizer, opt_state, scheduler, step, extra)
+        except (OSError, SafetensorError) as err:  # a full disk, a quota, a read-only folder: earlier ones are whole
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(root, err) from err
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

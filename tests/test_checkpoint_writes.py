@@ -1,17 +1,23 @@
-"""Issue 28: a disk that fills up during a checkpoint write ends the run with one line naming the folder
-(it was a safetensors traceback), the MLflow run FAILED with that line, the half-written checkpoint
-removed and the last complete one intact. The disk is a real 32 MiB tmpfs (root only; skipped elsewhere)."""
+"""Checkpoint writes that meet trouble (issue 28). A disk that fills up during one ends the run with one line
+naming the folder (it was a safetensors traceback), the MLflow run FAILED with that line, the half-written
+checkpoint removed and the last complete one intact; the disk is a real 32 MiB tmpfs (root only; skipped
+elsewhere). A stop that arrives mid-write (torchrun's SIGTERM when another rank died, Ctrl-C) waits for the
+checkpoint to be whole: one interrupted there left only a half-written .tmp, and nothing to resume from."""
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from test_faults import _over, store  # noqa: F401 (fixture)
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from treepo_lab.cli import main
+from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train.preflight import check_checkpoint
 
@@ -64,3 +70,21 @@ def test_a_full_disk_during_a_checkpoint_is_one_line(store, ws_cache, small_disk
     checkpoints = runs / "full" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000001"]  # no half-written one left
     check_checkpoint(ckpt.latest_checkpoint(checkpoints))  # whole: resume would load it
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_checkpoint(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=104, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=64))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    real = ckpt.save_file
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C half-way through the checkpoint
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ckpt, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 1, model, build_char_tokenizer(), opt, sched, {"run_id": None})
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000001"]
+    check_checkpoint(tmp_path / "step-000001")
