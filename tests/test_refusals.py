@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_launch_safety import here  # noqa: F401 (fixture)
 from test_trainer import FAST
 
 from treepo_lab.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture()
-def here(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    return tmp_path
 
 
 def _refused(capsys, argv: list[str]) -> str:
@@ -47,20 +40,21 @@ CASES = {
 
 @pytest.mark.parametrize("command", ["train", "eval"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_refused_in_one_line_with_nothing_created(here, capsys, command, case):
+def test_refused_in_one_line_with_nothing_created(here,  # noqa: F811
+                                                   capsys, command, case):
     overrides, line = CASES[case]
     assert line in _refused(capsys, [command, *FAST, *overrides])
     assert list(here.iterdir()) == []  # no run folder, no MLflow store, no warm start
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
-def test_cuda_without_a_gpu_names_the_device_and_what_is_there(here, capsys):
+def test_cuda_without_a_gpu_names_the_device_and_what_is_there(here, capsys):  # noqa: F811
     assert "model.device='cuda' is not allowed: cpu or auto: no GPU is visible here" in _refused(
         capsys, ["train", *FAST, "model.device=cuda"])
     assert list(here.iterdir()) == []
 
 
-def test_torchrun_ranks_refuse_once_without_a_traceback(here):
+def test_torchrun_ranks_refuse_once_without_a_traceback(here):  # noqa: F811
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "treepo_lab.train.torchrun", "--standalone", "--nproc-per-node", "3",
                            "-m", "treepo_lab.cli", "train", "trainer.prompts_per_step=8"],
