@@ -57,6 +57,19 @@ def _listening(procs) -> set[tuple[int, str, int]]:
     return found
 
 
+def ranks_of(launcher: psutil.Process) -> list[psutil.Process]:
+    """The launcher's children running treepo_lab.cli; a short-lived helper a rank or library starts
+    (git, a resource tracker) is not a rank."""
+    ranks = []
+    for p in launcher.children():
+        try:
+            if "treepo_lab.cli" in p.cmdline():
+                ranks.append(p)
+        except psutil.Error:  # it exited meanwhile: a rank lives until the stop
+            pass
+    return ranks
+
+
 @pytest.fixture(scope="module")
 def live(ws_cache, tmp_path_factory):
     """A 2-rank run started as users do; its listening sockets sampled until its first checkpoint, then
@@ -75,7 +88,7 @@ def live(ws_cache, tmp_path_factory):
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             children = launcher.children(recursive=True)
-            ranks |= {c.pid for c in children}
+            ranks |= {p.pid for p in ranks_of(launcher)}
             seen |= _listening([launcher, *children])
             if ckpt.latest_checkpoint(checkpoints) is not None:  # training runs: every socket is open
                 break

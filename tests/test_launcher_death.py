@@ -12,7 +12,7 @@ import time
 import psutil
 from mlflow.tracking import MlflowClient
 from test_distributed import BASE, EXPERIMENT
-from test_launch_safety import ROOT
+from test_launch_safety import ROOT, ranks_of
 
 from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train.run import resume
@@ -33,7 +33,7 @@ def test_sigkill_of_the_launcher_stops_its_ranks_and_the_run_resumes(ws_cache, t
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline and ckpt.latest_checkpoint(checkpoints) is None:
             time.sleep(0.2)
-        ranks = psutil.Process(proc.pid).children(recursive=True)
+        ranks = ranks_of(psutil.Process(proc.pid))
         assert proc.poll() is None and len(ranks) == 2, (tmp_path / "log").read_text()[-3000:]
         proc.kill()
         proc.wait(timeout=10)
