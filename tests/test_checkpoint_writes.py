@@ -84,6 +84,7 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_checkpoint(tmp_path, mon
         signal.raise_signal(signal.SIGINT)  # Ctrl-C half-way through the checkpoint
         return real(*args, **kwargs)
     monkeypatch.setattr(ckpt, "save_file", interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own Ctrl-C (conftest restores the one before)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(tmp_path, 1, model, build_char_tokenizer(), opt, sched, {"run_id": None})
     assert [p.name for p in tmp_path.iterdir()] == ["step-000001"]

@@ -58,8 +58,8 @@ def _listening(procs) -> set[tuple[int, str, int]]:
 
 
 def ranks_of(launcher: psutil.Process) -> list[psutil.Process]:
-    """The launcher's children running treepo_lab.cli; a short-lived helper a rank or library starts
-    (git, a resource tracker) is not a rank."""
+    """The launcher's children running treepo_lab.cli, read while the ranks train: a subprocess the launcher
+    starts has its cmdline until it execs (CI saw one), so an earlier sample can count it."""
     ranks = []
     for p in launcher.children():
         try:
@@ -88,9 +88,9 @@ def live(ws_cache, tmp_path_factory):
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             children = launcher.children(recursive=True)
-            ranks |= {p.pid for p in ranks_of(launcher)}
             seen |= _listening([launcher, *children])
             if ckpt.latest_checkpoint(checkpoints) is not None:  # training runs: every socket is open
+                ranks = {p.pid for p in ranks_of(launcher)}  # now, not while a subprocess was forking
                 break
             time.sleep(0.2)
         running = proc.poll() is None
