@@ -132,7 +132,7 @@ def run_side(a: argparse.Namespace, ranks: int, threads: int, parallel: str) -> 
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     if a.worker:

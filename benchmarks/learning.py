@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every method")
     args = ap.parse_args()
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     if args.quick:

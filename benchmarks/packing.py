@@ -248,7 +248,7 @@ class Workload:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     import torch

@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
                     "(default: the project's cached warm start)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     torch.set_num_threads(1)

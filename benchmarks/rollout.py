@@ -364,7 +364,7 @@ def profile_row(bench: Bench, spec: Spec, seed: int, top: int) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     import torch

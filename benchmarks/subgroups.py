@@ -69,24 +69,17 @@ def subgroup_stats(trees, correct: list[list[bool]]) -> dict:
 def measure(task_name: str, args) -> dict:
     from treepo_lab.algo.reward import score_leaves
     from treepo_lab.algo.scoring import Scorer
-    from treepo_lab.config import load_config, warmstart_config
-    from treepo_lab.engines.factory import build_engine
-    from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
-    from treepo_lab.models.prompting import prompt_format
+    from treepo_lab.config import load_config
     from treepo_lab.models.warmstart import MARKER
     from treepo_lab.rollout.sampler import build_sampler
-    from treepo_lab.tasks.build import build_task
+    from treepo_lab.train.setup import build_setup
 
     cfg = load_config(args.experiment, [*TASKS[task_name], f"seed={args.seed}", f"sampler.seed={args.seed}",
                                         *args.overrides])
-    model_dir = resolve_model(cfg.model, warmstart_config(cfg))  # the same path `treepo-lab rollout` takes
-    model, tok = load_model_and_tokenizer(model_dir, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
-    engine = build_engine(cfg.engine.name, model_dir if cfg.engine.name == "vllm" else model, tok, **vars(cfg.engine))
-    task = build_task(cfg.task)
-    fmt = prompt_format(cfg.task, cfg.model.path, tok)
+    s = build_setup(cfg)  # the model, task, prompts and engine as `treepo-lab rollout` builds them
+    model_dir, task, fmt, decode = s.model_dir, s.task, s.prompts, s.decode
     problems = [fmt.problem(p) for p in task.sample(args.prompts, np.random.default_rng(args.seed))]
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-    sampler = build_sampler(cfg.sampler, engine, decode, tok.eos_token_id)
+    sampler = build_sampler(cfg.sampler, s.engine, decode, s.tokenizer.eos_token_id)
     t0 = time.perf_counter()
     result = sampler.rollout([fmt.encode(p.prompt) for p in problems], seed=cfg.seed)
     wall = time.perf_counter() - t0
@@ -139,7 +132,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "subgroups.json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every task, e.g. sampler.width=8")
     args = ap.parse_args(argv)
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     import torch

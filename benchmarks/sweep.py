@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--ws-cache", default=None, help="warm-start cache dir (default: the user cache)")
     p.add_argument("--out", default="benchmarks/results/sweep.json")
     a = p.parse_args(argv)
-    from treepo_lab.cli_output import configure_output
+    from treepo_lab.commands.output import configure_output
 
     configure_output(verbose=False)  # other libraries' INFO lines and progress bars stay hidden
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))

@@ -7,7 +7,7 @@ import pytest
 
 from treepo_lab.config import load_config, warmstart_config
 from treepo_lab.models.config import WarmstartConfig
-from treepo_lab.models.warmstart import cache_key, flawed_demonstration
+from treepo_lab.models.warmstart import cache_key
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks.arith import Chain
 from treepo_lab.tasks.build import build_task
@@ -46,7 +46,7 @@ def test_warm_demonstrations_follow_the_shares():
     cfg = WarmstartConfig(task=TaskConfig(**CHAIN), grouped_share=0.7, flaw_rate=1.0)
     rng = np.random.default_rng(1)
     problems = task.sample(600, rng)
-    demos = [flawed_demonstration(task, p, cfg, rng) for p in problems]
+    demos = [task.warm_demonstration(p, cfg, rng) for p in problems]
     grouped = np.mean([d.startswith("A: Grouped.") for d in demos])
     assert 0.64 < grouped < 0.76
     wrong = [not task.score(d, p).correct for d, p in zip(demos, problems)]
@@ -141,7 +141,7 @@ def test_mid_warm_demonstrations_follow_the_rate():
     cfg = WarmstartConfig(task=TaskConfig(**MID), step_flaw_rate=0.6)
     rng = np.random.default_rng(1)
     problems = task.sample(800, rng)
-    demos = [flawed_demonstration(task, p, cfg, rng) for p in problems]
+    demos = [task.warm_demonstration(p, cfg, rng) for p in problems]
     assert all(d.startswith("A: In order.\nStep 1: ") for d in demos)  # one method only
     flawed = [d != task.demonstration(p) for d, p in zip(demos, problems)]
     wrong = [not task.score(d, p).correct for d, p in zip(demos, problems)]

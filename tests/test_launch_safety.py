@@ -29,7 +29,10 @@ from mlflow.tracking import MlflowClient
 from test_distributed import BASE, EXPERIMENT
 
 from treepo_lab import cli
-from treepo_lab.sweep import commands, driver, paper
+from treepo_lab.commands import paper
+from treepo_lab.commands import sweep as sweep_command
+from treepo_lab.commands import warmstart as warmstart_command
+from treepo_lab.sweep import driver
 from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train import launch, rendezvous
 
@@ -194,23 +197,23 @@ def test_the_sweep_help_example_parses_with_options_and_overrides_in_any_order()
     (example,) = _examples("sweep")
     assert example == ["sweeps/demo.yaml", "--workers", "2", "trainer.steps=30", "sweep.n_trials=8"]
     for args in (example, ["trainer.steps=30", "sweeps/demo.yaml", "sweep.n_trials=8", "--workers", "2"]):
-        a = commands.parse_sweep(args)
+        a = sweep_command.parse(args)
         assert (a.spec, a.workers, a.overrides) == ("sweeps/demo.yaml", 2, ["trainer.steps=30", "sweep.n_trials=8"])
     # an option's value may hold '=' (it is never an override)
-    a = commands.parse_sweep(["s.yaml", "--storage", "postgresql://u@h:5432/db?sslmode=require", "x.y=1"])
+    a = sweep_command.parse(["s.yaml", "--storage", "postgresql://u@h:5432/db?sslmode=require", "x.y=1"])
     assert a.storage.endswith("sslmode=require") and a.overrides == ["x.y=1"]
 
 
 def test_the_demo_help_example_reaches_the_sweep_parsed(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli, "cmd_warmstart", lambda own, overrides, raw, default: calls.append(("warmstart", overrides)))
+    monkeypatch.setattr(warmstart_command, "run", lambda own, overrides, raw, default: calls.append(("warmstart", overrides)))
     monkeypatch.setattr(driver, "run_sweep", lambda spec, overrides, workers, storage, uri: calls.append(
         ("sweep", Path(spec).name, overrides, workers)) or {"status": "finished"})
     (example,) = _examples("demo")
     assert cli.main(["demo", *example]) == 0
     assert calls == [("warmstart", example), ("sweep", "demo.yaml", example, 2)]
     calls.clear()
-    monkeypatch.setattr(commands, "parse_sweep", lambda args: (_ for _ in ()).throw(SystemExit(2)))
+    monkeypatch.setattr(sweep_command, "parse", lambda args: (_ for _ in ()).throw(SystemExit(2)))
     with pytest.raises(SystemExit):  # a bad argument stops before the warm start
         cli.main(["demo", "trainer.steps=1"])
     assert calls == []

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from treepo_lab.config import load_config
 from treepo_lab.models.config import ModelConfig, TinyModelConfig, WarmstartConfig
 from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
 from treepo_lab.models.tiny import build_tiny_model, save_checkpoint
@@ -49,8 +50,8 @@ def test_config_validation():
         TinyModelConfig(hidden_size=30, num_heads=4).validate()
     with pytest.raises(ConfigError, match="flaw_rate"):
         WarmstartConfig(flaw_rate=1.5).validate()
-    with pytest.raises(ConfigError, match="task.name"):
-        WarmstartConfig(task=TaskConfig(name="file", path="x.jsonl")).validate()
+    with pytest.raises(ConfigError, match="warmstart.task.name"):  # a name rule: checked by treepo_lab/config.py
+        load_config("default", ["warmstart.task.name=file", "warmstart.task.path=x.jsonl"])
     ModelConfig().validate()
     WarmstartConfig().validate()
 

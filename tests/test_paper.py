@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from treepo_lab.analysis import findings as fnd
 from treepo_lab.analysis import runs_table
 from treepo_lab.config import list_experiments
-from treepo_lab.sweep.paper import cmd_paper
+from treepo_lab.commands.paper import paper as cmd_paper
 
 ROOT = Path(__file__).resolve().parent.parent
 FINDINGS_VERDICT = fnd.FINDINGS_COLUMNS.index("verdict per update")

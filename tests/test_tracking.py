@@ -286,6 +286,7 @@ def test_ctrl_c_during_a_store_write_waits_for_the_write(store, monkeypatch):
     """A KeyboardInterrupt inside an SQLite write left its transaction open and every later write of the
     process "database is locked" (a sweep worker could not end its run KILLED): Ctrl-C is held until the
     write is done, then raised."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own Ctrl-C (conftest restores the one before)
     with pytest.raises(KeyboardInterrupt), start(store, "held") as tr:
         real = tr.client.log_batch
 

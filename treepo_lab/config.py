@@ -29,7 +29,7 @@ from treepo_lab.engines.config import EngineConfig
 from treepo_lab.engines.factory import ENGINES
 from treepo_lab.models.config import ModelConfig, WarmstartConfig
 from treepo_lab.models.gguf import PACKAGE, PACKAGED_FILE, packaged_model
-from treepo_lab.overrides import check_override_keys
+from treepo_lab.overrides import check_override_keys, unknown_fields, unknown_key_error
 from treepo_lab.registry import ConfigError
 from treepo_lab.rollout import config as sampler_config
 from treepo_lab.rollout.config import SamplerConfig
@@ -37,10 +37,12 @@ from treepo_lab.rollout.divergence import BUDGETS, DIV_POLICIES, INIT_DIVS, TEMP
 from treepo_lab.rollout.fallback import CANDIDATE_POLICIES, CUT_POLICIES
 from treepo_lab.rollout.sampler import SAMPLERS
 from treepo_lab.rollout.stopping import STOP_RULES
-from treepo_lab.tasks.build import check_task_names
-from treepo_lab.tasks.config import EMBEDDED_TASKS, TaskConfig
+from treepo_lab.tasks.base import TASKS, embedded_tasks
+from treepo_lab.tasks.build import check_task
+from treepo_lab.tasks.config import TaskConfig
 from treepo_lab.track.config import TrackingConfig
 from treepo_lab.train.config import EvalConfig, TrainerConfig, eval_sampler_config
+from treepo_lab.validated import is_checked, mark
 
 
 @dataclass
@@ -144,8 +146,11 @@ def check_names(cfg: ExperimentConfig) -> None:
     POLICY_LOSSES.check(cfg.loss.name, "loss.name")
     ENGINES.check(cfg.engine.name, "engine.name")
     SAMPLERS.check(cfg.eval.sampler, "eval.sampler")
-    check_task_names(cfg.task)
-    check_task_names(cfg.warmstart.task, "warmstart.task")
+    check_task(cfg.task)
+    check_task(cfg.warmstart.task, "warmstart.task")
+    if not TASKS.info(cfg.warmstart.task.name).get("embedded"):
+        raise ConfigError("warmstart.task.name", cfg.warmstart.task.name,
+                          f"{', '.join(embedded_tasks())} (the embedded tasks)")
 
 
 def check_entries(cfg: ExperimentConfig) -> None:
@@ -166,14 +171,20 @@ def check_entries(cfg: ExperimentConfig) -> None:
         sampler["check"](s, knobs)
 
 
+def checked(cfg) -> ExperimentConfig:
+    """`cfg` itself when `validate` returned it, else `validate(cfg)` (a DictConfig, or a config built or
+    changed by hand): what every entry point after the command line calls, so a run validates once."""
+    return cfg if is_checked(cfg) else validate(to_object(cfg))
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check every section, every name and the cross-field rules; raise ConfigError on the first bad
-    value. Returns the config with the sampler's shape resolved (max_depth, segment_len filled in) and
-    trainer.warmup_steps null replaced by its number."""
-    for key, seed in (("seed", cfg.seed), ("sampler.seed", cfg.sampler.seed), ("task.seed", cfg.task.seed),
-                      ("warmstart.seed", cfg.warmstart.seed)):
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(key, seed, "an integer >= 0")
+    """The one validation pass: every key, section, name and cross-field rule, the world size and the
+    device; raise ConfigError on the first bad value. Returns the config with its derived values resolved
+    once (the sampler's shape and max_depth/segment_len, trainer.warmup_steps null as its number), marked
+    as checked (treepo_lab/validated.py): nothing after it checks it again."""
+    for key in unknown_fields(cfg):  # a `+section.key=value` the schema does not have: a stray attribute
+        raise unknown_key_error(type(cfg), key, _get(cfg, key)) or ConfigError(key, _get(cfg, key), "an unknown key")
+    check_seeds(cfg)
     cfg = dataclasses.replace(cfg, sampler=sampler_config.validate(cfg.sampler))
     for section in (cfg.model, cfg.warmstart, cfg.task, cfg.engine, cfg.advantage, cfg.loss, cfg.trainer,
                     cfg.eval, cfg.tracking):
@@ -189,13 +200,67 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if SAMPLERS.info(cfg.eval.sampler)["tree"] and cfg.eval.k < 2:
         raise ConfigError("eval.k", cfg.eval.k, f"an integer >= 2 with eval.sampler={cfg.eval.sampler} (the tree's width)")
     _check_eval_sampler(cfg)
+    check_world(cfg)
+    mark(cfg)
     return cfg
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_seeds(cfg, prefix: str = "") -> None:
+    """Every `seed` field of every section: an integer >= 0 (numpy's SeedSequence refuses negatives)."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_seeds(value, key + ".")
+        elif f.name == "seed" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ConfigError(key, value, "an integer >= 0")
+
+
+def world_size(cfg: ExperimentConfig) -> tuple[int, str]:
+    """The run's process count and the setting that says it: torchrun's WORLD_SIZE, else trainer.nproc."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), "WORLD_SIZE (torchrun --nnodes x --nproc-per-node)"
+    return cfg.trainer.nproc, "trainer.nproc"
+
+
+def check_world(cfg: ExperimentConfig) -> None:
+    """The world splits prompts_per_step, the engine can follow it, and on cuda each rank has a GPU."""
+    size, key = world_size(cfg)
+    cfg.trainer.check_world(size, key)
+    if "WORLD_SIZE" in os.environ:  # torchrun: the GPUs of this node serve its own ranks only
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", size)), cfg.model.device,
+                      "LOCAL_WORLD_SIZE (torchrun --nproc-per-node)")
+    else:
+        check_devices(size, cfg.model.device, key)
+    tp = cfg.engine.tensor_parallel_size
+    if size > 1 and cfg.engine.name == "vllm" and size % tp:
+        raise ConfigError("engine.tensor_parallel_size", tp, f"a divisor of the world size {size} ({key}): one "
+                                                              "vLLM engine per group of that many ranks")
+
+
+def check_devices(size: int, device: str, key: str = "trainer.nproc") -> None:
+    """On cuda, one visible GPU per rank of this node (and one for a single process); torch is imported
+    only then, so configs are still checked without it."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if size > 1 and count < size:
+        raise ConfigError(key, size, f"at most the {count} visible GPUs (one rank per GPU)")
+    if count == 0:
+        raise ConfigError("model.device", device, "cpu or auto: no GPU is visible here")
 
 
 def _check_eval_sampler(cfg: ExperimentConfig) -> None:
     """The evaluation's sampler by its own rules, as training's is (eptree's width is a multiple of its chain):
     its width is eval.k, its knobs the training sampler's when the kinds agree, else the defaults."""
-    ev = eval_sampler_config(cfg.sampler, cfg.eval)
+    ev = sampler_config.validate(eval_sampler_config(cfg.sampler, cfg.eval))
     rules = SAMPLERS.info(ev.kind)
     if "check" not in rules:
         return
@@ -231,9 +296,12 @@ def _check_vllm(cfg: ExperimentConfig) -> None:
 def warmstart_config(cfg: ExperimentConfig) -> WarmstartConfig:
     """The embedded model is warm-started on the experiment's own embedded task (its difficulty and
     operand range), so `task.difficulty=3` trains and evaluates a model that has seen 3-step chains."""
-    if cfg.task.name in EMBEDDED_TASKS:
-        return dataclasses.replace(cfg.warmstart, task=cfg.task)
-    return cfg.warmstart
+    if not TASKS.info(cfg.task.name).get("embedded"):
+        return cfg.warmstart
+    ws = dataclasses.replace(cfg.warmstart, task=cfg.task)
+    if is_checked(cfg):  # both parts were
+        mark(ws)
+    return ws
 
 
 def load_config(name: str = "default", overrides: list[str] | None = None) -> ExperimentConfig:

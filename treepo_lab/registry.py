@@ -129,7 +129,11 @@ class Registry(Generic[T]):
                 raise ConfigError(f"{key}.{k}", v, f"a knob of {self.kind} {name}: {allowed}")
             if not declared[k].ok(v):
                 raise ConfigError(f"{key}.{k}", v, f"{declared[k].allowed} ({self.kind} {name})")
-        return {k: (params or {}).get(k, knob.default) for k, knob in declared.items()}
+        return self.filled(name, params)
+
+    def filled(self, name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`params` with the defaults of the knobs it leaves out, unchecked: for params `knobs` checked already."""
+        return {k: (params or {}).get(k, knob.default) for k, knob in self.info(name).get("knobs", {}).items()}
 
     def get(self, name: str, key: str | None = None) -> T:
         """The implementation of `name` (importing it on first use for a declared name)."""

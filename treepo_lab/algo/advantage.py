@@ -25,6 +25,7 @@ from treepo_lab.algo.registries import ESTIMATORS
 from treepo_lab.algo import tree_stats as ts
 from treepo_lab.algo.tree_stats import Path, Runs
 from treepo_lab.rollout.tree import Tree
+from treepo_lab.validated import is_checked
 
 
 
@@ -41,7 +42,10 @@ class AdvantageResult:
 def compute_advantages(trees: list[Tree], rewards: list[list[float]], cfg: AdvantageConfig) -> AdvantageResult:
     if len(rewards) != len(trees) or any(len(r) != len(t.leaves) for r, t in zip(rewards, trees)):
         raise ValueError("rewards must be a list per tree with one reward per leaf (aligned with tree.leaves)")
-    cfg = dataclasses.replace(cfg, params=ESTIMATORS.knobs(cfg.estimator, cfg.params, "advantage.params"))
+    # every step: a validated config's knobs were checked once (treepo_lab/config.py); only the defaults are added
+    params = ESTIMATORS.filled(cfg.estimator, cfg.params) if is_checked(cfg) else \
+        ESTIMATORS.knobs(cfg.estimator, cfg.params, "advantage.params")
+    cfg = dataclasses.replace(cfg, params=params)
     runs, raw = ESTIMATORS.get(cfg.estimator, "advantage.estimator")(trees, rewards, cfg)
     if ESTIMATORS.info(cfg.estimator)["whiten"] if cfg.whiten is None else cfg.whiten:
         runs = whiten_runs(runs)

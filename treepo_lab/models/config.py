@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.tasks.config import EMBEDDED_TASKS, TaskConfig
+from treepo_lab.tasks.config import TaskConfig
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -87,9 +87,6 @@ class WarmstartConfig:
         for key in ("grouped_share", "step_flaw_rate"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"warmstart.{key}", getattr(self, key), "a number in [0, 1]")
-        if self.task.name not in EMBEDDED_TASKS:
-            raise ConfigError("warmstart.task.name", self.task.name,
-                              f"{', '.join(EMBEDDED_TASKS)} (the embedded tasks)")
         if self.eval_size < 0:
             raise ConfigError("warmstart.eval_size", self.eval_size, "an integer >= 0")
         self.task.validate()

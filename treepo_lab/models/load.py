@@ -7,6 +7,7 @@ import torch
 
 from treepo_lab.models.config import DTYPES, ModelConfig, WarmstartConfig
 from treepo_lab.registry import ConfigError
+from treepo_lab.validated import ensure_valid
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -47,7 +48,7 @@ def load_model_and_tokenizer(path_or_hub_id: str | Path, dtype: str = "float32",
 def resolve_model(cfg: ModelConfig, warmstart_cfg: WarmstartConfig | None = None) -> str:
     """The model to load: `cfg.path` (a .gguf file: its converted HF directory, models/gguf.py), or the
     embedded checkpoint dir for `warmstart_cfg` (default settings when None), warm-started now if not cached."""
-    cfg.validate()
+    ensure_valid(cfg)
     if cfg.path is not None:
         from treepo_lab.models.gguf import converted, is_gguf
 

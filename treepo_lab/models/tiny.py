@@ -7,11 +7,12 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from treepo_lab.models.config import TinyModelConfig
 from treepo_lab.seeding import torch_seeded
+from treepo_lab.validated import ensure_valid
 
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     """A freshly initialised Llama whose weights depend only on `cfg` (the global RNG is left alone)."""
-    cfg.validate()
+    ensure_valid(cfg)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,

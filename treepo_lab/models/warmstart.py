@@ -33,22 +33,18 @@ from treepo_lab.models.config import WarmstartConfig
 from treepo_lab.models.tiny import build_tiny_model, save_checkpoint
 from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.seeding import torch_seeded
-from treepo_lab.tasks.arith import ArithTask, Chain
-from treepo_lab.tasks.base import Problem, Task
+from treepo_lab.tasks.base import TASKS, Problem, Task
 from treepo_lab.tasks.build import build_task
-from treepo_lab.tasks.chain import ChainMidTask, ChainTask
+from treepo_lab.validated import ensure_valid
 
 MARKER = "warmstart.json"  # written last: its presence means the entry is complete
 FORMAT_VERSION = 1  # bump when the demonstrations, the tokenizer or the training recipe change meaning
 _NOT_IN_KEY = ("cache_dir", "eval_size")  # where it is stored and what is printed change no weight
-# Knobs a task does not read are left out of its key, so the keys of arith's and chain's cache entries
-# held when the later tasks' knobs were added (pinned in tests/test_chain_task.py).
-_UNUSED = {"arith": ("grouped_share", "step_flaw_rate"), "chain": ("step_flaw_rate",),
-           "chain_mid": ("flaw_rate", "flaw_op", "grouped_share")}
-# The only task fields the demonstrations depend on (the held-out slice is fixed; see tasks/arith.py),
-# so an evaluation-only change such as held_out_size never triggers a rebuild.
+# The task fields every embedded task's demonstrations depend on (the held-out slice is fixed; see
+# tasks/arith.py), so an evaluation-only change such as held_out_size never triggers a rebuild; a task adds
+# its own (`warmstart_task_keys`) and leaves out the warm-start knobs it never reads (`warmstart_unused`),
+# so the keys of arith's and chain's entries held when later tasks' knobs came (tests/test_chain_task.py).
 _TASK_KEY = ("name", "difficulty", "operand_max")
-_TASK_KEY_EXTRA = {"chain_mid": ("decisive_step",)}
 
 
 def cache_root(cfg: WarmstartConfig) -> Path:
@@ -59,22 +55,12 @@ def cache_root(cfg: WarmstartConfig) -> Path:
 
 
 def cache_key(cfg: WarmstartConfig) -> str:
-    skip = _NOT_IN_KEY + _UNUSED.get(cfg.task.name, ())
+    facts = TASKS.info(cfg.task.name, "warmstart.task.name")
+    skip = _NOT_IN_KEY + facts.get("warmstart_unused", ())
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
-    fields["task"] = {k: fields["task"][k] for k in _TASK_KEY + _TASK_KEY_EXTRA.get(cfg.task.name, ())}
+    fields["task"] = {k: fields["task"][k] for k in _TASK_KEY + facts.get("warmstart_task_keys", ())}
     blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def flawed_demonstration(task: ArithTask, problem: Problem, cfg: WarmstartConfig, rng: np.random.Generator) -> str:
-    if isinstance(task, ChainTask):  # the harder task writes its own (method choice + its flaw)
-        return task.warm_demonstration(problem, cfg.grouped_share, cfg.flaw_rate, rng)
-    if isinstance(task, ChainMidTask):  # one method, the habit at step task.decisive_step
-        return task.warm_demonstration(problem, cfg.step_flaw_rate, rng)
-    chain = Chain.parse(problem.id)
-    if chain.ops[-1] == cfg.flaw_op and rng.random() < cfg.flaw_rate:
-        return task.demonstration(problem, boxed=chain.partials()[-2])
-    return task.demonstration(problem)
 
 
 def demonstration_batch(task, tokenizer, cfg: WarmstartConfig, rng) -> tuple[torch.Tensor, ...]:
@@ -83,7 +69,7 @@ def demonstration_batch(task, tokenizer, cfg: WarmstartConfig, rng) -> tuple[tor
     prompts, responses = [], []
     for p in problems:
         prompts.append(tokenizer(p.prompt)["input_ids"])  # BOS + prompt
-        response = tokenizer(flawed_demonstration(task, p, cfg, rng), add_special_tokens=False)["input_ids"]
+        response = tokenizer(task.warm_demonstration(p, cfg, rng), add_special_tokens=False)["input_ids"]
         responses.append(response + [tokenizer.eos_token_id])
     batch = pad_right(prompts, responses, tokenizer.pad_token_id)
     labels = torch.full_like(batch.input_ids, -100)
@@ -190,7 +176,7 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def warmstart(cfg: WarmstartConfig) -> Path:
     """The warm-started checkpoint dir for `cfg`: from the cache, or trained now and cached."""
-    cfg.validate()
+    ensure_valid(cfg)
     # Absolute, so the path still works for a process that runs from another directory.
     final = cache_root(cfg) / cache_key(cfg)
     if (final / MARKER).is_file():

@@ -120,6 +120,9 @@ class SamplerConfig:
 
     @property
     def max_response_len(self) -> int:
+        """d * l; a validated config holds both numbers (validate resolves the shape once), so nothing is parsed."""
+        if self.max_depth is not None and self.segment_len is not None:
+            return self.max_depth * self.segment_len
         d, l = resolve_shape(self)
         return d * l
 

@@ -33,6 +33,7 @@ from treepo_lab.rollout import divergence, fallback, stopping
 from treepo_lab.rollout.config import SamplerConfig, validate
 from treepo_lab.rollout.tree import FinishReason, Leaf, Node, Tree
 from treepo_lab.seeding import derive_seed, stream_key
+from treepo_lab.validated import is_checked
 
 # name -> sampler class (`sampler.kind`, `eval.sampler`)
 SAMPLERS: Registry = Registry("sampler")
@@ -121,10 +122,11 @@ class SegmentSampler:
     kind = ""
 
     def __init__(self, engine: Engine, cfg: SamplerConfig, decode: Decode, eos_token_id: int):
-        self.engine, self.cfg, self.decode, self.eos = engine, validate(cfg), decode, eos_token_id
+        ok = is_checked(cfg)  # a validated config: its shape resolved, its knobs checked (treepo_lab/config.py)
+        self.engine, self.cfg, self.decode, self.eos = engine, cfg if ok else validate(cfg), decode, eos_token_id
         self.sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
         self.stop_rules = stopping.stop_rules(self.cfg)
-        self.knobs = SAMPLERS.knobs(self.kind, cfg.params, "sampler.params")
+        self.knobs = SAMPLERS.filled(self.kind, cfg.params) if ok else SAMPLERS.knobs(self.kind, cfg.params, "sampler.params")
 
     def _begin(self, prompts: list[list[int]], step: int, total_steps: int, seed: int | None,
                keys: list[int] | None = None):

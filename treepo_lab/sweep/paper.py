@@ -1,6 +1,6 @@
-"""`treepo-lab paper`: the paper's findings reproduced or refuted in one command.
+"""The paper's findings reproduced or refuted (`treepo-lab paper`, treepo_lab/commands/paper.py).
 
-It runs the sweep sweeps/paper.yaml restricted to the experiments the findings need (analysis/findings.yaml)
+`treepo-lab paper` runs the sweep sweeps/paper.yaml restricted to the experiments the findings need (analysis/findings.yaml)
 with the requested seeds, through the sweep runner, which resumes a killed sweep without rerunning a finished
 trial (the study and the MLflow runs are the record; a second call with everything finished only reports).
 Then it writes the report: the findings table first (claim, compute-matched difference with its 95% interval,
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 from treepo_lab.analysis import endpoints, plots_curves, runs_table
@@ -20,44 +19,16 @@ from treepo_lab.analysis import findings as fnd
 from treepo_lab.analysis.groups import Grouping, group_runs
 from treepo_lab.analysis.page import Section, markdown, page
 from treepo_lab.analysis.report import build_report
-from treepo_lab.analysis.runset import load, store_name
 from treepo_lab.analysis.series import Series
 from treepo_lab.analysis.style import StrategyStyles
 from treepo_lab.analysis.tables import Table
 from treepo_lab.config import list_experiments
 from treepo_lab.registry import ConfigError
-from treepo_lab.sweep import driver
 from treepo_lab.sweep.grammar import parse_values
-from treepo_lab.sweep.spec import load_spec, read_spec_file
+from treepo_lab.sweep.spec import read_spec_file
 from treepo_lab.tags import EXPERIMENT_TAG
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (sweeps/, analysis/)
-
-
-def _default(rel: str) -> str:
-    """A file of the source tree when running from it, else the path as given (relative to the cwd)."""
-    p = ROOT / rel
-    return str(p) if p.is_file() else rel
-
-
-def parse(args: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="treepo-lab paper", description="run (or resume) the experiments behind the "
-                                "paper's findings and write the findings report")
-    p.add_argument("--spec", default=_default("sweeps/paper.yaml"), help="the sweep spec (default sweeps/paper.yaml)")
-    p.add_argument("--findings", default=_default("analysis/findings.yaml"), help="the findings (default analysis/findings.yaml)")
-    p.add_argument("--only", nargs="+", default=None, metavar="ID", help="test only these findings (their experiments only)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per experiment (default: the spec's)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--out", default="reports/paper", help="report folder (default reports/paper)")
-    p.add_argument("--storage", default=None, help="Optuna storage (default: the journal beside the MLflow store)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--report-only", action="store_true", help="only the report, from what MLflow holds")
-    p.add_argument("--from-csv", metavar="RUNS_CSV", help="with --report-only: the report from a runs.csv another "
-                   "report wrote (no MLflow store needed)")
-    p.add_argument("overrides", nargs="*", help="key=value for every run (trainer.steps=30), sweep.<field>=value")
-    from treepo_lab.overrides import parse_with_overrides
-
-    return parse_with_overrides(p, args)  # options and overrides in any order; --only never takes a key=value
 
 
 def select(a: argparse.Namespace) -> list[fnd.Finding]:
@@ -131,7 +102,7 @@ def restrict_blocks(raw_blocks: list[dict], experiments: list[str], base: str | 
     return out
 
 
-def _portable(override: str) -> str:
+def portable(override: str) -> str:
     """key=value with an absolute path shortened to its last part: a report names no machine's folders."""
     key, _, value = override.partition("=")
     return f"{key}=.../{Path(value).name}" if value.startswith(("/", "~")) else override
@@ -151,31 +122,6 @@ def _needed(block: dict, found: list[fnd.Finding]) -> bool:
     return any((f.experiment in exps or f.reference in exps)
                and all(_values(block["grid"], k) is None or v in _values(block["grid"], k) for k, v in f.where)
                for f in found)
-
-
-def cmd_paper(args: list[str], out=None) -> int:
-    out = out or sys.stdout
-    a = parse(args)
-    found = select(a)
-    if a.from_csv:
-        table = runs_table.read(a.from_csv)  # checked before anything is written
-        path = write_report("paper", found, table, Path(a.out), f"`{Path(a.from_csv).name}`", [])
-        print(f"paper report: {path}", file=out)
-        return 0
-    spec = load_spec(a.spec, sweep_args(a, found))
-    status = "report-only"
-    if not a.report_only:
-        summary = driver.run_sweep(a.spec, sweep_args(a, found), a.workers, a.storage, a.tracking_uri, out=out)
-        status = summary["status"]
-    uri = driver.prepare(a.spec, sweep_args(a, found), a.storage, a.tracking_uri)[1]
-    data = load(sweep=spec.name, tracking_uri=uri, cache_dir=False)
-    table, notes = runs_table.build(data, fnd.fire_metrics(found), fnd.selected_keys(found))
-    budget = ", ".join(map(_portable, spec.overrides)) or "the registry defaults"
-    notes.insert(0, f"Budget (overrides of every run): `{budget}`.")
-    path = write_report(spec.name, found, table, Path(a.out), f"sweep `{spec.name}` in `{store_name(uri)}`", notes,
-                        data)
-    print(f"paper report: {path}", file=out)
-    return {"finished": 0, "report-only": 0, "interrupted": 130}.get(status, 1)
 
 
 def _subset(grouping: Grouping, labels: list[str]) -> Grouping:

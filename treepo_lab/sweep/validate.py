@@ -16,7 +16,6 @@ from treepo_lab.registry import ConfigError
 from treepo_lab.sweep import metrics
 from treepo_lab.sweep.space import checked_units, point_text, trial_config
 from treepo_lab.sweep.spec import SweepSpec
-from treepo_lab.train.preflight import check_devices
 
 SPECIAL = ("experiment",)
 
@@ -83,13 +82,11 @@ def check_points(spec: SweepSpec) -> int:
     checked = checked_units(spec)
     for point, seed in checked:
         where = point_text(point) + (f" seed={seed}" if spec.per_unit else "")
-        try:
-            cfg = trial_config(spec, point, seed)
-            # the world and devices `treepo-lab train` checks before it launches ranks
-            check_devices(cfg.trainer.nproc, cfg.model.device,
-                          "nproc_per_trial" if spec.nproc_per_trial > 1 else "trainer.nproc")
+        try:  # validate checks the world and devices too, as `treepo-lab train` does before it launches ranks
+            trial_config(spec, point, seed)
         except ConfigError as err:
-            raise ConfigError(err.key, err.value, f"{err.allowed} (sweep point {where})") from None
+            key = "nproc_per_trial" if err.key == "trainer.nproc" and spec.nproc_per_trial > 1 else err.key
+            raise ConfigError(key, err.value, f"{err.allowed} (sweep point {where})") from None
         except (HydraException, OmegaConfBaseException) as err:
             first = str(err).strip().splitlines()[0]
             raise ConfigError("overrides", where, f"values the config accepts ({first})") from None

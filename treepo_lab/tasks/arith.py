@@ -150,7 +150,26 @@ class ArithTask:
         """The correct chain of thought for `problem` (or one boxing `boxed`): the warm start's target."""
         return solution_text(Chain.parse(problem.id), boxed)
 
+    def warm_demonstration(self, problem: Problem, ws, rng: np.random.Generator) -> str:
+        """One warm-start target (`ws`: the warmstart config): a share `ws.flaw_rate` of the chains ending in
+        `ws.flaw_op` box the value before the last operation."""
+        chain = Chain.parse(problem.id)
+        if chain.ops[-1] == ws.flaw_op and rng.random() < ws.flaw_rate:
+            return self.demonstration(problem, boxed=chain.partials()[-2])
+        return self.demonstration(problem)
 
-@TASKS.register("arith")
+
+def check_chain_knobs(cfg, prefix: str = "task") -> None:
+    """The knobs every embedded chain task reads (a `check` fact of arith, chain and chain_mid)."""
+    if not isinstance(cfg.difficulty, int) or cfg.difficulty < 1:
+        raise ConfigError(f"{prefix}.difficulty", cfg.difficulty, "an integer >= 1 (number of operations)")
+    if not isinstance(cfg.operand_max, int) or cfg.operand_max < 2:
+        raise ConfigError(f"{prefix}.operand_max", cfg.operand_max, "an integer >= 2")
+
+
+# facts (tasks/base.py): the embedded model is warm-started on it; the warm-start knobs it does not read stay
+# out of the cache key; the experiment is named after its difficulty
+@TASKS.register("arith", embedded=True, warmstart_unused=("grouped_share", "step_flaw_rate"), names_difficulty=True,
+                check=check_chain_knobs)
 def _build_arith(cfg, check: AnswerCheck) -> ArithTask:
     return ArithTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, check=check)

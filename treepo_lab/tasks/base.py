@@ -15,8 +15,17 @@ from treepo_lab.algo.config import REWARD_SCALES
 from treepo_lab.registry import ConfigError, Registry
 from treepo_lab.tasks.check import AnswerCheck
 
-# name -> builder(TaskConfig, AnswerCheck) -> Task
+# name -> builder(TaskConfig, AnswerCheck) -> Task, with its facts (nothing else lists task names):
+#   check(cfg, prefix): the rules of the task's own knobs, run by treepo_lab/config.py's validate
+#   embedded: the embedded tiny model is warm-started on it (models/warmstart.py)
+#   warmstart_unused: warm-start knobs its demonstrations never read (left out of the cache key)
+#   warmstart_task_keys: task fields beyond name, difficulty and operand_max its demonstrations depend on
+#   names_difficulty: the default MLflow experiment is named "<task>_d<difficulty>" (track/naming.py)
 TASKS: Registry = Registry("task")
+
+
+def embedded_tasks() -> list[str]:
+    return [n for n in TASKS.names() if TASKS.info(n).get("embedded")]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from treepo_lab.registry import ConfigError
-from treepo_lab.tasks.arith import ArithTask, Chain
+from treepo_lab.tasks.arith import ArithTask, Chain, check_chain_knobs
 from treepo_lab.tasks.base import TASKS, Problem
 from treepo_lab.tasks.check import AnswerCheck
 
@@ -84,20 +84,24 @@ class ChainTask(ArithTask):
         chain = Chain.parse(problem.id)
         return in_order_text(chain) if method == "in_order" else grouped_text(chain, flawed)
 
-    def warm_demonstration(self, problem: Problem, grouped_share: float, flaw_rate: float,
-                           rng: np.random.Generator) -> str:
-        """One warm-start target: grouped with probability `grouped_share`, then flawed with `flaw_rate`
+    def warm_demonstration(self, problem: Problem, ws, rng: np.random.Generator) -> str:
+        """One warm-start target: grouped with probability `ws.grouped_share`, then flawed with `ws.flaw_rate`
         where the flaw can bite (two draws every time, so the stream of problems does not depend on them)."""
-        grouped, flaw = rng.random() < grouped_share, rng.random() < flaw_rate
+        grouped, flaw = rng.random() < ws.grouped_share, rng.random() < ws.flaw_rate
         if not grouped:
             return self.demonstration(problem)
         return self.demonstration(problem, "grouped", flawed=flaw and can_flaw(Chain.parse(problem.id)))
 
 
-@TASKS.register("chain")
+def _check_chain(cfg, prefix: str = "task") -> None:
+    check_chain_knobs(cfg, prefix)
+    if cfg.difficulty < 2:
+        raise ConfigError(f"{prefix}.difficulty", cfg.difficulty, "an integer >= 2 for task.name=chain (the "
+                          "warm start's flaw needs 2 subtractions)")
+
+
+@TASKS.register("chain", embedded=True, warmstart_unused=("step_flaw_rate",), names_difficulty=True, check=_check_chain)
 def _build_chain(cfg, check: AnswerCheck) -> ChainTask:
-    if cfg.difficulty < 2:  # also checked by TaskConfig.validate; here for a task built from a bare config
-        raise ConfigError("task.difficulty", cfg.difficulty, "an integer >= 2 for task.name=chain")
     return ChainTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, check=check)
 
 
@@ -146,11 +150,21 @@ class ChainMidTask(ArithTask):
         chain = Chain.parse(problem.id)
         return in_order_text(chain, misread=self.decisive_step if flawed else None)
 
-    def warm_demonstration(self, problem: Problem, step_flaw_rate: float, rng: np.random.Generator) -> str:
-        """One warm-start target: flawed with probability `step_flaw_rate` (one draw every time)."""
-        return self.demonstration(problem, flawed=rng.random() < step_flaw_rate)
+    def warm_demonstration(self, problem: Problem, ws, rng: np.random.Generator) -> str:
+        """One warm-start target: flawed with probability `ws.step_flaw_rate` (one draw every time)."""
+        return self.demonstration(problem, flawed=rng.random() < ws.step_flaw_rate)
 
 
-@TASKS.register("chain_mid")
+def _check_chain_mid(cfg, prefix: str = "task") -> None:
+    check_chain_knobs(cfg, prefix)
+    step = cfg.decisive_step
+    if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step <= cfg.difficulty:
+        raise ConfigError(f"{prefix}.decisive_step", step,
+                          f"an integer in [1, {prefix}.difficulty={cfg.difficulty}] for task.name=chain_mid")
+
+
+# its decisive step changes the demonstrations: part of the warm start's cache key
+@TASKS.register("chain_mid", embedded=True, warmstart_unused=("flaw_rate", "flaw_op", "grouped_share"),
+                warmstart_task_keys=("decisive_step",), check=_check_chain_mid)
 def _build_chain_mid(cfg, check: AnswerCheck) -> ChainMidTask:
     return ChainMidTask(cfg.difficulty, cfg.operand_max, cfg.held_out_size, cfg.seed, cfg.decisive_step, check=check)

@@ -1,15 +1,12 @@
-"""Task configuration: data + value checks only (names are checked in treepo_lab/config.py against the
-registries of `treepo_lab.tasks.build`; tasks are built by `treepo_lab.tasks.build.build_task`)."""
+"""Task configuration: data + value checks only. The rules of one task's own knobs (chain's difficulty, a
+file task's path) are facts it registers (`check`, tasks/base.py), run with the name check by
+treepo_lab/config.py; tasks are built by `treepo_lab.tasks.build.build_task`."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
 from treepo_lab.registry import ConfigError
-
-
-# the tasks the embedded tiny model is warm-started on (treepo_lab/models/warmstart.py)
-EMBEDDED_TASKS = ("arith", "chain", "chain_mid")
 
 
 @dataclass
@@ -88,26 +85,4 @@ class TaskConfig:
             raise ConfigError("task.held_out_size", self.held_out_size, "an integer >= 1")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("task.seed", self.seed, "an integer >= 0")
-        if self.name in EMBEDDED_TASKS:
-            if self.difficulty < 1:
-                raise ConfigError("task.difficulty", self.difficulty, "an integer >= 1 (number of operations)")
-            if self.operand_max < 2:
-                raise ConfigError("task.operand_max", self.operand_max, "an integer >= 2")
-            if self.name == "chain" and self.difficulty < 2:
-                raise ConfigError("task.difficulty", self.difficulty, "an integer >= 2 for task.name=chain (the "
-                                  "warm start's flaw needs 2 subtractions)")
-            if self.name == "chain_mid" and (not isinstance(self.decisive_step, int) or isinstance(self.decisive_step, bool)
-                                             or not 1 <= self.decisive_step <= self.difficulty):
-                raise ConfigError("task.decisive_step", self.decisive_step,
-                                  f"an integer in [1, task.difficulty={self.difficulty}] for task.name=chain_mid")
-        if self.name == "file":
-            if not self.path:
-                raise ConfigError("task.path", self.path, "a dataset file path when task.name=file")
-            if not self.question_column or not self.answer_column:
-                raise ConfigError("task.question_column/answer_column",
-                                  (self.question_column, self.answer_column), "non-empty column names")
-            if self.template is not None and "{question}" not in self.template:
-                raise ConfigError("task.template", self.template, "a string containing {question}")
-            if self.held_out_path is None and not 0 < self.held_out_fraction < 1:
-                raise ConfigError("task.held_out_fraction", self.held_out_fraction, "a number in (0, 1)")
         self.check.validate()

@@ -199,7 +199,19 @@ class FileTask:
         return score_with(self.check, response, problem, self.reward_scale)
 
 
-@TASKS.register("file")
+def _check_file(cfg, prefix: str = "task") -> None:
+    if not cfg.path:
+        raise ConfigError(f"{prefix}.path", cfg.path, "a dataset file path when task.name=file")
+    if not cfg.question_column or not cfg.answer_column:
+        raise ConfigError(f"{prefix}.question_column/answer_column", (cfg.question_column, cfg.answer_column),
+                          "non-empty column names")
+    if cfg.template is not None and QUESTION not in cfg.template:
+        raise ConfigError(f"{prefix}.template", cfg.template, f"a string containing {QUESTION}")
+    if cfg.held_out_path is None and not 0 < cfg.held_out_fraction < 1:
+        raise ConfigError(f"{prefix}.held_out_fraction", cfg.held_out_fraction, "a number in (0, 1)")
+
+
+@TASKS.register("file", check=_check_file)
 def _build_file(cfg, check: AnswerCheck) -> FileTask:
     return FileTask(cfg.path, cfg.question_column, cfg.answer_column, cfg.template, cfg.held_out_path,
                     cfg.held_out_fraction, cfg.held_out_size, cfg.seed, check=check)

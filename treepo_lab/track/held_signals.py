@@ -16,6 +16,17 @@ HELD = (signal.SIGINT, signal.SIGTERM)
 _holding: list[int] = []
 
 
+class _Caught(list):
+    """The handler while held: it only records the signal."""
+
+    def __call__(self, signum, frame) -> None:
+        self.append(signum)
+
+
+def _default(sig: int):
+    return signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+
+
 @contextlib.contextmanager
 def held():
     """Yields the handlers to set on leaving (signal -> handler; the ones found on entering): a caller may
@@ -23,14 +34,17 @@ def held():
     if _holding or threading.current_thread() is not threading.main_thread():
         yield {}
         return
-    caught: list[int] = []
-    after = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in HELD}
+    caught, after = _Caught(), {}
     _holding.append(1)
     try:
+        for sig in HELD:  # set one by one inside the try: a stop half-way still restores what was set
+            found = signal.signal(sig, caught)
+            # None: set outside Python; a recorder: one whose restore never ran. Neither is one to go back to
+            after[sig] = _default(sig) if found is None or isinstance(found, _Caught) else found
         yield after
     finally:
         _holding.pop()
-        for sig, handler in after.items():  # None: set outside Python, the default is the closest
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig, handler in after.items():
+            signal.signal(sig, handler)
         for sig in dict.fromkeys(caught):
             signal.raise_signal(sig)

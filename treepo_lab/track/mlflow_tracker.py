@@ -45,6 +45,7 @@ from treepo_lab.track.naming import (default_experiment_name, experiment_descrip
                                      plain_config, run_description, run_params, sanitize_key)
 from treepo_lab.track.null import NULL_TRACKER, NullTracker
 from treepo_lab.track.strategy import strategy_tags
+from treepo_lab.validated import ensure_valid
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -162,7 +163,7 @@ class Tracker:
         """
         if not tracking_cfg.enabled:
             return NULL_TRACKER
-        tracking_cfg.validate()
+        ensure_valid(tracking_cfg)
         uri = tracking_cfg.resolved_uri()
         check_reachable(uri)
         # The fluent API (start_run) reads the global URI; this also exports MLFLOW_TRACKING_URI so

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 import treepo_lab
+from treepo_lab.tasks.build import TASKS  # every task registered, with its facts
 
 KEY_MAX = 250
 
@@ -110,7 +111,7 @@ def default_experiment_name(cfg: Mapping) -> str:
     e.g. "arith_d2-tiny" (the embedded default), "gsm8k-Qwen2.5-0.5B" (a task file and an HF model)."""
     task, model = cfg.get("task") or {}, cfg.get("model") or {}
     name = task.get("name", "task")
-    if name in ("arith", "chain"):
+    if name in TASKS and TASKS.info(name).get("names_difficulty"):
         label = f"{name}_d{task.get('difficulty')}"
     elif task.get("path"):
         label = Path(str(task["path"])).stem

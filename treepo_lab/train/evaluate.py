@@ -28,6 +28,7 @@ from treepo_lab.rollout.sampler import build_sampler
 from treepo_lab.seeding import derive_seed
 from treepo_lab.tasks.check import AnswerCheck
 from treepo_lab.train.config import EvalConfig, eval_sampler_config, sample_sampler_config
+from treepo_lab.validated import is_checked, mark
 from treepo_lab.train.distributed import SINGLE, World
 
 
@@ -60,11 +61,20 @@ def evaluate(engine, tokenizer, task, problems, ev: EvalConfig, sampler: Sampler
         return _evaluate(engine, tokenizer, scorer, problems, ev, sampler, encode, decode, seed, progress, world)
 
 
+def _derived(make, sampler: SamplerConfig, ev: EvalConfig) -> SamplerConfig:
+    """The evaluation's sampler config, made from the run's; checked when those were (treepo_lab/config.py
+    validates the evaluation's sampler with them), so building its sampler checks nothing again."""
+    cfg = make(sampler, ev)
+    if is_checked(sampler) and is_checked(ev):
+        mark(cfg)
+    return cfg
+
+
 def _evaluate(engine, tokenizer, scorer: Scorer, problems, ev, sampler, encode, decode, seed, progress, world):
-    scfg = eval_sampler_config(sampler, ev)
+    scfg = _derived(eval_sampler_config, sampler, ev)
     smp = build_sampler(scfg, engine, decode, tokenizer.eos_token_id)
     sample_k = ev.sample_k if ev.temperature == 0 else 0
-    sampled = build_sampler(sample_sampler_config(sampler, ev), engine, decode, tokenizer.eos_token_id) \
+    sampled = build_sampler(_derived(sample_sampler_config, sampler, ev), engine, decode, tokenizer.eos_token_id) \
         if sample_k else None
     sample_seed = derive_seed(seed, _SAMPLES)
     before = engine.counters.snapshot()

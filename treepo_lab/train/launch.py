@@ -20,8 +20,9 @@ import signal
 import sys
 import uuid
 
+from treepo_lab.config import check_devices
 from treepo_lab.train import rendezvous
-from treepo_lab.train.preflight import check_devices, preflight
+from treepo_lab.train.preflight import preflight
 
 
 class LaunchFailed(RuntimeError):

@@ -1,7 +1,8 @@
 """Every check that can run before training, run before the MLflow run, the run directory or a checkpoint
 exists (`run_experiment` calls `preflight` first): only training itself can leave a FAILED run.
 
-    the config's values and names (treepo_lab.config.validate), keys the schema does not have, seeds >= 0
+    the config (treepo_lab.config.validate, unless it was validated already: its values, names, keys the
+        schema does not have, seeds, the world (trainer.nproc or torchrun's WORLD_SIZE) and the device)
     the tracking URI: a scheme MLflow can store runs in (the server's reachability is checked at start)
     the dataset: read and parsed whole (file, row and column named on error)
     model.dtype=bfloat16 on a CPU without native bf16
@@ -11,30 +12,24 @@ exists (`run_experiment` calls `preflight` first): only training itself can leav
     task.chat_template on needs a tokenizer with a chat template
     the tokenizer covers every character of the prompts and answers (no silent <unk>)
     the longest prompt plus the longest response (max_depth * segment_len) fits the model's positions
-    the DAPO overlong buffer is shorter than the longest response
-    the world (trainer.nproc, or torchrun's WORLD_SIZE) splits prompts_per_step, and the engine can follow it;
-        on cuda, one visible GPU per rank of the node
 
 Each failure is a ConfigError (one line at the command line, exit 2). Warnings (e.g. string answers
 under Math-Verify) come back in the result for the caller to print.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from filelock import FileLock, Timeout
 
-from treepo_lab.config import ExperimentConfig, to_object, validate
+from treepo_lab.config import ExperimentConfig, checked
 from treepo_lab.models.gguf import converted, is_gguf
 from treepo_lab.models.prompting import PromptFormat, prompt_format
 from treepo_lab.models.tokenizer import build_char_tokenizer
-from treepo_lab.overrides import unknown_fields, unknown_key_error
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks.base import Task, unknown_characters
 from treepo_lab.tasks.build import build_task
@@ -58,10 +53,7 @@ class Preflight:
 
 def preflight(cfg) -> Preflight:
     """Run every pre-training check on `cfg` (an ExperimentConfig or DictConfig); raise the first ConfigError."""
-    cfg: ExperimentConfig = validate(to_object(cfg))
-    check_keys(cfg)
-    check_seeds(cfg)
-    check_world(cfg)
+    cfg = checked(cfg)  # the config's own rules, the world and the device (once: treepo_lab/config.py)
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.resolved_uri())
     check_dtype(cfg)
@@ -70,64 +62,7 @@ def preflight(cfg) -> Preflight:
     prompts = prompt_format(cfg.task, cfg.model.path, tokenizer)
     check_characters(task, tokenizer, cfg.task)
     longest = check_positions(task, prompts, max_positions, cfg)
-    cfg.reward.validate(max_response_len=cfg.sampler.max_response_len)
     return Preflight(task, tokenizer, max_positions, longest, list(getattr(task, "warnings", [])))
-
-
-def world_size(cfg: ExperimentConfig) -> tuple[int, str]:
-    """The run's process count and the setting that says it: torchrun's WORLD_SIZE, else trainer.nproc."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"]), "WORLD_SIZE (torchrun --nnodes x --nproc-per-node)"
-    return cfg.trainer.nproc, "trainer.nproc"
-
-
-def check_world(cfg: ExperimentConfig) -> None:
-    size, key = world_size(cfg)
-    cfg.trainer.check_world(size, key)
-    if "WORLD_SIZE" in os.environ:  # torchrun: the GPUs of this node serve its own ranks only
-        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", size)), cfg.model.device,
-                      "LOCAL_WORLD_SIZE (torchrun --nproc-per-node)")
-    else:
-        check_devices(size, cfg.model.device, key)
-    tp = cfg.engine.tensor_parallel_size
-    if size > 1 and cfg.engine.name == "vllm" and size % tp:
-        raise ConfigError("engine.tensor_parallel_size", tp, f"a divisor of the world size {size} ({key}): one "
-                                                              "vLLM engine per group of that many ranks")
-
-
-def check_devices(size: int, device: str, key: str = "trainer.nproc") -> None:
-    """On cuda, one visible GPU per rank of this node (and one for a single process)."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    count = torch.cuda.device_count()
-    if size > 1 and count < size:
-        raise ConfigError(key, size, f"at most the {count} visible GPUs (one rank per GPU)")
-    if count == 0:
-        raise ConfigError("model.device", device, "cpu or auto: no GPU is visible here")
-
-
-def check_keys(cfg: ExperimentConfig) -> None:
-    """A `+section.key=value` the schema does not have reaches the object as a stray attribute."""
-    for key in unknown_fields(cfg):
-        raise unknown_key_error(type(cfg), key, _get(cfg, key)) or ConfigError(key, _get(cfg, key), "an unknown key")
-
-
-def _get(obj, dotted: str):
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def check_seeds(cfg, prefix: str = "") -> None:
-    """Every `seed` field of every section: an integer >= 0 (numpy's SeedSequence refuses negatives)."""
-    for f in dataclasses.fields(cfg):
-        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            check_seeds(value, key + ".")
-        elif f.name == "seed" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ConfigError(key, value, "an integer >= 0")
 
 
 def check_dtype(cfg: ExperimentConfig) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from treepo_lab.config import ExperimentConfig, to_object, validate
+from treepo_lab.config import ExperimentConfig, checked, to_object, validate
 from treepo_lab.models.load import resolve_device
 from treepo_lab.overrides import check_override_keys
 from treepo_lab.registry import ConfigError
@@ -82,7 +82,7 @@ def run_experiment(cfg, resume_from: str | Path | None = None, resume_run_id: st
     """`on_eval(step, metrics)` runs after every held-out evaluation (see Trainer); what it raises
     propagates, after the trainer is closed and the run is marked by the tracker. `store_uri`: the store
     a resumed run lives in (recorded in its run directory) when tracking.tracking_uri does not say."""
-    cfg: ExperimentConfig = validate(to_object(cfg))
+    cfg: ExperimentConfig = checked(cfg)  # validated once (the command line's load_config already did)
     for warning in preflight(cfg).warnings:  # every check that can fail before a run or folder exists
         print(f"warning: {warning}", file=sys.stderr)
     tracking = cfg.tracking if cfg.tracking.tracking_uri or not store_uri else \

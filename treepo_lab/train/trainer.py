@@ -32,15 +32,11 @@ from treepo_lab.algo.advantage import AdvantageResult, annotate_leaves, compute_
 from treepo_lab.algo.registries import POLICY_LOSSES
 from treepo_lab.algo.reward import GroupAccumulator, score_leaves
 from treepo_lab.algo.scoring import Scorer
-from treepo_lab.config import ExperimentConfig, to_object, to_yaml, validate, warmstart_config
-from treepo_lab.engines.factory import build_engine
-from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
-from treepo_lab.models.prompting import prompt_format
+from treepo_lab.config import ExperimentConfig, checked, to_yaml
 from treepo_lab.rollout.accounting import CumulativeCompute
 from treepo_lab.rollout.sampler import RolloutResult, build_sampler
 from treepo_lab.rollout.tree import Tree
 from treepo_lab.seeding import derive_seed, seed_everything
-from treepo_lab.tasks.build import build_task
 from treepo_lab.track.null import NULL_TRACKER
 from treepo_lab.train import checkpoint as ckpt
 from treepo_lab.train import distributed, interrupt
@@ -48,6 +44,7 @@ from treepo_lab.train.evaluate import evaluate
 from treepo_lab.train.metrics import batch_metrics, rollout_step_metrics
 from treepo_lab.train.progress import StepProgress, eval_progress
 from treepo_lab.train.packing import resolve_packing
+from treepo_lab.train.setup import build_setup
 from treepo_lab.train.update import (
     FORWARDS,
     LeafBatch,
@@ -97,21 +94,16 @@ class Trainer:
                  on_eval: EvalHook | None = None):
         """`on_eval(step, metrics)` is called after every held-out evaluation; what it raises propagates
         (a sweep prunes a trial that way)."""
-        self.cfg = cfg = validate(to_object(cfg))  # every value checked before any compute
+        self.cfg = cfg = checked(cfg)  # every value checked before any compute (once per run)
         self.world = world = distributed.init_world(cfg.model.device)
         seed_everything(cfg.seed)
-        self.model_path = resolve_model(cfg.model, warmstart_config(cfg))
-        policy, self.tokenizer = load_model_and_tokenizer(
-            self.model_path, cfg.model.dtype, distributed.device_for(cfg.model.device, world),
-            cfg.model.trust_remote_code)
-        self.task = build_task(cfg.task)
-        # the prompt as the model sees it: as is, or the user turn of the tokenizer's chat template
-        self.prompts = prompt_format(cfg.task, cfg.model.path, self.tokenizer)
-        # vLLM loads its own copy from the checkpoint dir; the HF engine samples from the policy object itself,
-        # or under FSDP (whose forwards are collectives) from a whole copy that follows the shards
-        sampled = copy.deepcopy(policy) if world.distributed and cfg.trainer.parallel == "fsdp" else policy
-        self.engine = build_engine(cfg.engine.name, self.model_path if cfg.engine.name == "vllm" else sampled,
-                                   self.tokenizer, **vars(cfg.engine))
+        # the model, task, prompts and engine as eval and rollout build them (train/setup.py); the HF engine
+        # samples from the policy object itself, or under FSDP (whose forwards are collectives) from a whole
+        # copy that follows the shards
+        setup = build_setup(cfg, device=distributed.device_for(cfg.model.device, world),
+                            sample_from_copy=world.distributed and cfg.trainer.parallel == "fsdp")
+        self.model_path, policy, self.tokenizer = setup.model_dir, setup.model, setup.tokenizer
+        self.task, self.prompts, self.engine = setup.task, setup.prompts, setup.engine
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
         self.scorer = Scorer(self.task, self.decode, cfg.trainer.reward_timeout_s)
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")

@@ -1,19 +1,16 @@
-"""What the command line prints: quiet library output, the run summary, the rollout and eval tables,
-and the error line with a hint that fits the error. Numbers use `progress.fmt`, the one format.
+"""What every command prints alike: quiet library output, the error line with a hint that fits the error, the
+interrupted line, evaluation samples. A command's own tables are in its module. Numbers use `progress.fmt`.
 
 Imports stay light here (no torch, no mlflow): `treepo-lab show` and every config error print
 without loading either.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 
-from treepo_lab.train.progress import fmt
 
 # loggers of other libraries that print INFO lines a user did not ask for
 NOISY_LOGGERS = ("mlflow", "alembic", "transformers", "urllib3", "httpx", "huggingface_hub", "vllm", "optuna")
@@ -162,86 +159,8 @@ def interrupted_line(stop: KeyboardInterrupt) -> str:
 
 # ------------------------------------------------------------------------------------------- output
 
-def _samples(records, n):
+def print_samples(records, n: int) -> None:
+    """The first `n` evaluation records: prompt, reference answer, right or wrong, the first response."""
     for r in records[:n]:
         ok = "right" if r["correct"][0] else "wrong"
         print(f"--- {r['prompt'].strip()}  (answer {r['answer']}, {ok})\n{r['responses'][0]}")
-
-
-def print_warmstart(path) -> None:
-    info = json.loads((Path(path) / "warmstart.json").read_text())
-    print(f"warm-started model: {path}")
-    shown = {"train_s": "training time (s)", "greedy_accuracy": "greedy held-out accuracy",
-             "mixed_fraction_16": "prompts whose 16 samples mix right and wrong",
-             "sample_accuracy_t1": "sample accuracy at temperature 1", "eval_problems": "problems evaluated"}
-    for k, label in shown.items():
-        if k in info:
-            print(f"  {label}: {fmt(k.replace('mixed_fraction', 'fraction'), info[k])}")
-
-
-def print_eval(model_dir, metrics: dict, records: list[dict]) -> None:
-    print(f"model: {model_dir}")
-    width = max(map(len, metrics), default=0)
-    for k, v in metrics.items():
-        print(f"  {k:<{width}}  {fmt(k, v)}")
-    _samples(records, 3)
-
-
-def print_rollout(result, out) -> None:
-    """One row per tree, then the compute of the whole call (both savings, each said against what)."""
-    print(f"wrote {len(result.trees)} trees to {out}")
-    rows = [("tree", "leaves", "right", "accuracy", "mean reward", "mean length", "max depth")]
-    for i, t in enumerate(result.trees):
-        n = len(t.leaves)
-        right = sum(bool(lf.correct) for lf in t.leaves)
-        rewards = [lf.reward for lf in t.leaves if lf.reward is not None]
-        lengths = [sum(t.segment_lengths(lf)) for lf in t.leaves]
-        rows.append((str(i), str(n), str(right), fmt("accuracy", right / n if n else 0.0),
-                     fmt("reward", sum(rewards) / len(rewards)) if rewards else "n/a",
-                     fmt("length", sum(lengths) / n if n else 0.0),
-                     str(max((len(lf.node_path) for lf in t.leaves), default=0))))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for r in rows:
-        print("  " + "  ".join(cell.rjust(w) for cell, w in zip(r, widths)))
-    m = result.metrics()
-    print(f"tokens: {fmt('tokens', m['rollout/decoded_tokens'])} decoded + {fmt('tokens', m['rollout/prefill_tokens'])} "
-          f"prefilled for {fmt('tokens', m['rollout/generated_tokens'])} response tokens")
-    line = f"token saving: {fmt('token_saving', m['rollout/token_saving'])} vs independent sampling"
-    if "rollout/token_saving_vs_sequential" in m:
-        line += f", {fmt('token_saving', m['rollout/token_saving_vs_sequential'])} vs the sequential sampler"
-    print(line)
-
-
-def print_summary(trainer, history: list[dict]) -> None:
-    """After a run: accuracy before -> after, compute, samples, and where the run and checkpoint are."""
-    evals = [h for h in history if "eval/accuracy" in h]
-    if evals:
-        first, last = evals[0], evals[-1]
-        print(f"held-out accuracy: {fmt('eval/accuracy', first['eval/accuracy'])} (step {int(first['train/step'])})"
-              f" -> {fmt('eval/accuracy', last['eval/accuracy'])} (step {int(last['train/step'])})"
-              f" on {fmt('eval/n_problems', last['eval/n_problems'])} problems")
-    steps = [h for h in history if "cumulative/rollout/decoded_tokens" in h]
-    if steps:
-        s = steps[-1]
-        line = f"decoded tokens: {fmt('tokens', s['cumulative/rollout/decoded_tokens'])}"
-        for key, against in (("cumulative/rollout/token_saving", "independent sampling"),
-                             ("cumulative/rollout/token_saving_vs_sequential", "the sequential sampler")):
-            if key in s:
-                line += f", token saving {fmt(key, s[key])} vs {against}"
-        print(line + f", wall {fmt('time/wall_s', s['time/wall_s'])} s")
-    if trainer.last_eval_records:
-        _samples(trainer.last_eval_records, 3)
-    skipped, steps_done = getattr(trainer, "skipped_steps", 0), trainer.step
-    if skipped:
-        print(f"warning: {skipped} of {steps_done} steps skipped: every prompt was all-right or all-wrong in every "
-              f"DAPO round (nothing learned)" + ("; no step learned anything: raise reward.max_resample_rounds, "
-                                                "trainer.prompts_per_step or sampler.width" if skipped == steps_done else ""))
-    tracker = trainer.tracker
-    if tracker.run_id:
-        print(f"MLflow experiment {tracker.experiment_name!r}, run {tracker.run_name} ({tracker.run_id}) in "
-              f"{tracker.tracking_uri}")
-        ui = "" if tracker.tracking_uri.startswith("http") else "treepo-lab ui, then "
-        print(f"  open it: {ui}{tracker.run_url(UI_URL)}")
-    if trainer.run_dir:
-        ckpts = sorted((Path(trainer.run_dir) / "checkpoints").glob("step-*"))
-        print(f"checkpoint: {ckpts[-1] if ckpts else Path(trainer.run_dir) / 'checkpoints'}")
