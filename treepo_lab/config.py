@@ -197,6 +197,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("sampler.width", cfg.sampler.width, "an integer >= 2 for training (a group of 1 has no baseline)")
     if cfg.engine.name == "vllm":
         _check_vllm(cfg)
+    _check_lora(cfg)
     if SAMPLERS.info(cfg.eval.sampler)["tree"] and cfg.eval.k < 2:
         raise ConfigError("eval.k", cfg.eval.k, f"an integer >= 2 with eval.sampler={cfg.eval.sampler} (the tree's width)")
     _check_eval_sampler(cfg)
@@ -270,6 +271,17 @@ def _check_eval_sampler(cfg: ExperimentConfig) -> None:
         key = {"sampler.width": "eval.k"}.get(err.key, err.key)
         raise ConfigError(key, err.value, f"{err.allowed.replace('sampler.kind=', 'eval.sampler=')} "
                                           f"(the evaluation's sampler; its width is eval.k)") from None
+
+
+def _check_lora(cfg: ExperimentConfig) -> None:
+    """Adapters train with the HF engine (it samples from the adapted module) in one process or under DDP."""
+    if not cfg.model.lora.r:
+        return
+    if cfg.engine.name == "vllm":  # its weight sync takes whole weights, not adapters
+        raise ConfigError("model.lora.r", cfg.model.lora.r, "0 with engine.name=vllm (LoRA trains with engine.name=hf)")
+    if cfg.trainer.parallel == "fsdp" and world_size(cfg)[0] > 1:
+        raise ConfigError("trainer.parallel", cfg.trainer.parallel, "ddp with model.lora.r > 0 (the adapters are "
+                          "small: every rank holds them whole)")
 
 
 def _check_vllm(cfg: ExperimentConfig) -> None:

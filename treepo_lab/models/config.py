@@ -94,6 +94,28 @@ class WarmstartConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft, the optional extra `treepo_lab[lora]`): only they train; models/lora.py."""
+
+    r: int = 0  # adapter rank; 0 = no adapters (every weight trains)
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / r
+    dropout: float = 0.0  # on the adapters' input, in training only
+    # the linear layers that get adapters, by their name in the model (Llama, Qwen2, Gemma: these four)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def validate(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
+            raise ConfigError("model.lora.r", self.r, "an integer >= 0 (0: no adapters)")
+        if self.r:
+            _positive("model.lora.alpha", self.alpha, (int, float))
+            if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+                raise ConfigError("model.lora.dropout", self.dropout, "a number in [0, 1)")
+            if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+                raise ConfigError("model.lora.target_modules", self.target_modules,
+                                  "a non-empty list of linear layer names, e.g. [q_proj, v_proj]")
+
+
+@dataclass
 class ModelConfig:
     # HF causal-LM dir, hub id, or a .gguf file (converted once into an HF dir, cached by the file's hash);
     # null = the embedded warm-started tiny model
@@ -103,6 +125,7 @@ class ModelConfig:
     # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps: the one device setting of the policy;
     # the HF engine samples on it too (vLLM loads its own copy on its own device)
     device: str = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)  # model.lora.r=8: train LoRA adapters only
 
     def validate(self) -> None:
         if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
@@ -112,3 +135,4 @@ class ModelConfig:
         d = self.device
         if not (d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())):
             raise ConfigError("model.device", d, "auto, cpu, cuda, cuda:N or mps")
+        self.lora.validate()

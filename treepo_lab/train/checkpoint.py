@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
+from treepo_lab.models.lora import ADAPTER_DIR, is_adapted, load_adapter_weights, save_adapted
 from treepo_lab.track.held_signals import held
 from treepo_lab.train.distributed import unwrap
 
@@ -96,9 +97,12 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
 
 
 def _write(tmp: Path, model, weights, tokenizer, optimizer, opt_state, scheduler, step: int, extra: dict) -> None:
-    unwrap(model).save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / "model")
+    if is_adapted(unwrap(model)):  # adapter/ (what resume loads) and model/ (merged: loads without peft)
+        save_adapted(unwrap(model), tmp, tokenizer)
+    else:
+        unwrap(model).save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "model")
     tensors, groups = {}, []
     index = {name: i for i, name in enumerate(_names(model))}
     for name, st in opt_state["state"].items():
@@ -142,11 +146,14 @@ def restore(ckpt: Path, model, optimizer, scheduler) -> dict:
     DDP- or FSDP-wrapped (every rank calls this; FSDP ranks keep their shard of each tensor)."""
     ckpt = Path(ckpt)
     state = read_state(ckpt)
-    weights = {}
-    for shard in sorted((ckpt / "model").glob("*.safetensors")):  # a large model saves several shards
-        weights.update(load_file(str(shard)))
-    # strict=False: a tied output embedding is saved once, under the input embedding's name
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    if (ckpt / ADAPTER_DIR).is_dir():  # LoRA: the adapters onto the base model the run loaded
+        load_adapter_weights(unwrap(model), ckpt)
+    else:
+        weights = {}
+        for shard in sorted((ckpt / "model").glob("*.safetensors")):  # a large model saves several shards
+            weights.update(load_file(str(shard)))
+        # strict=False: a tied output embedding is saved once, under the input embedding's name
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
     tensors = load_file(str(ckpt / "optim.safetensors"))
     torch.set_rng_state(tensors.pop("torch_rng"))
     names = _names(model)

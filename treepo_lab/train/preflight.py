@@ -6,6 +6,7 @@ exists (`run_experiment` calls `preflight` first): only training itself can leav
     the tracking URI: a scheme MLflow can store runs in (the server's reachability is checked at start)
     the dataset: read and parsed whole (file, row and column named on error)
     model.dtype=bfloat16 on a CPU without native bf16
+    model.lora.r > 0 needs peft installed
     the model: a directory with config.json and tokenizer files (or a hub id that resolves), its
         tokenizer loaded; the embedded model needs nothing on disk (its tokenizer is rebuilt here); a .gguf
         file must be a model transformers reads (converted to its cached HF directory here)
@@ -28,6 +29,7 @@ from filelock import FileLock, Timeout
 
 from treepo_lab.config import ExperimentConfig, checked
 from treepo_lab.models.gguf import converted, is_gguf
+from treepo_lab.models.lora import check_installed, check_targets, skeleton
 from treepo_lab.models.prompting import PromptFormat, prompt_format
 from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.registry import ConfigError
@@ -57,8 +59,11 @@ def preflight(cfg) -> Preflight:
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.resolved_uri())
     check_dtype(cfg)
+    check_installed(cfg.model.lora)
     task = build_task(cfg.task)
-    tokenizer, max_positions = load_tokenizer(cfg)
+    tokenizer, max_positions, model_config = load_tokenizer(cfg)
+    if cfg.model.lora.r:  # the adapters' targets are layers of this model (its modules, no weights read)
+        check_targets(cfg.model.lora, skeleton(model_config, tokenizer, cfg.warmstart.tiny))
     prompts = prompt_format(cfg.task, cfg.model.path, tokenizer)
     check_characters(task, tokenizer, cfg.task)
     longest = check_positions(task, prompts, max_positions, cfg)
@@ -97,9 +102,10 @@ def check_tracking_uri(uri: str) -> None:
 
 
 def load_tokenizer(cfg: ExperimentConfig):
-    """(tokenizer, max positions) of the model the run will load, without loading its weights."""
+    """(tokenizer, max positions, its transformers config or None for the embedded model) of the model the run
+    will load, without loading its weights."""
     if cfg.model.path is None:  # the embedded model: the character tokenizer, positions from its shape
-        return build_char_tokenizer(), cfg.warmstart.tiny.max_positions
+        return build_char_tokenizer(), cfg.warmstart.tiny.max_positions, None
     path, key = cfg.model.path, "model.path"
     if is_gguf(path):  # converted once here (or found in the cache): a file that is not a model is refused
         path = str(converted(path))
@@ -127,7 +133,7 @@ def load_tokenizer(cfg: ExperimentConfig):
         where = "its config or tokenizer does not load" if local.is_dir() else "not found locally and not fetched from the hub"
         raise ConfigError(key, path, f"{MODEL_DIR}; {where} ({type(e).__name__}: {first[:300]})") from None
     positions = next((getattr(config, k) for k in POSITION_KEYS if isinstance(getattr(config, k, None), int)), None)
-    return tokenizer, positions
+    return tokenizer, positions, config
 
 
 def check_characters(task: Task, tokenizer, task_cfg) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from treepo_lab.config import ExperimentConfig, warmstart_config
 from treepo_lab.engines.factory import build_engine
 from treepo_lab.models.load import load_model_and_tokenizer, resolve_model
+from treepo_lab.models.lora import add_adapters
 from treepo_lab.models.prompting import PromptFormat, prompt_format
 from treepo_lab.tasks.base import Task
 from treepo_lab.tasks.build import build_task
@@ -32,13 +33,16 @@ class Setup:
 
 
 def build_setup(cfg: ExperimentConfig, model_dir: str | None = None, device: str | None = None,
-                sample_from_copy: bool = False) -> Setup:
-    """`model_dir`: a directory to load instead of the config's model (a checkpoint's); `device`: the policy's
-    device when it is not cfg.model.device (a rank's own GPU); `sample_from_copy`: the HF engine samples from
-    a whole copy of the policy (under FSDP, whose forwards are collectives, the copy follows the shards)."""
+                sample_from_copy: bool = False, adapters: bool = False) -> Setup:
+    """`model_dir`: a directory to load instead of the config's model (a checkpoint's: adapters merged);
+    `device`: the policy's device when it is not cfg.model.device (a rank's own GPU); `sample_from_copy`: the
+    HF engine samples from a whole copy of the policy (under FSDP, whose forwards are collectives, the copy
+    follows the shards); `adapters`: new LoRA adapters per model.lora (training), sampled from with them."""
     model_dir = model_dir or resolve_model(cfg.model, warmstart_config(cfg))
     model, tokenizer = load_model_and_tokenizer(model_dir, cfg.model.dtype, device or cfg.model.device,
                                                 cfg.model.trust_remote_code)
+    if adapters and cfg.model.lora.r:
+        model = add_adapters(model, cfg.model.lora)
     task = build_task(cfg.task)
     prompts = prompt_format(cfg.task, cfg.model.path, tokenizer)
     sampled = model_dir if cfg.engine.name == "vllm" else copy.deepcopy(model) if sample_from_copy else model

@@ -101,7 +101,7 @@ class Trainer:
         # samples from the policy object itself, or under FSDP (whose forwards are collectives) from a whole
         # copy that follows the shards
         setup = build_setup(cfg, device=distributed.device_for(cfg.model.device, world),
-                            sample_from_copy=world.distributed and cfg.trainer.parallel == "fsdp")
+                            sample_from_copy=world.distributed and cfg.trainer.parallel == "fsdp", adapters=True)
         self.model_path, policy, self.tokenizer = setup.model_dir, setup.model, setup.tokenizer
         self.task, self.prompts, self.engine = setup.task, setup.prompts, setup.engine
         self.sampler = build_sampler(cfg.sampler, self.engine, self.decode, self.tokenizer.eos_token_id)
@@ -109,6 +109,8 @@ class Trainer:
         self.loss_fn = POLICY_LOSSES.get(cfg.loss.name, "loss.name")
         if cfg.trainer.gradient_checkpointing:  # active in train mode only: the update, not the sampling
             policy.gradient_checkpointing_enable()
+            if cfg.model.lora.r:  # frozen embeddings: the checkpointed blocks' input must carry a gradient
+                policy.enable_input_require_grads()
         self.packing = resolve_packing(cfg.trainer.packing, policy)  # tree, or flat with the reason logged
         self.ref_model = None
         if cfg.loss.kl_coef > 0:
@@ -116,7 +118,9 @@ class Trainer:
             self.ref_model = distributed.wrap(ref, "fsdp", world) if cfg.trainer.parallel == "fsdp" else ref
         self.model = distributed.wrap(policy, cfg.trainer.parallel, world)  # the training module
         t = cfg.trainer
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        # what trains: every weight, or the LoRA adapters alone (model.lora.r > 0: the rest is frozen)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trained, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
         self.step = 0
