@@ -2,7 +2,8 @@
 
 The shipped file experiments/data/word_problems.jsonl (experiments/real_small.yaml) is this module's
 output; regenerate it with `python -m treepo_lab.tasks.word_problems > experiments/data/word_problems.jsonl`
-(tests/test_word_problems.py checks that the two agree). One or two steps with small numbers: a 135M instruct
+(tests/test_word_problems.py checks that the two agree); `... word_problems sums > experiments/data/sums.jsonl`
+writes the one-step sums of experiments/real_learn.yaml. One or two steps with small numbers: a 135M instruct
 model gets some right and some wrong, which is what RL needs.
 """
 from __future__ import annotations
@@ -62,9 +63,19 @@ def generate(n: int = 300, seed: int = 0) -> list[dict]:
     return rows
 
 
+def sums(seed: int = 0) -> list[dict]:
+    """Every `What is a + b?` with a, b in 2..19, once each (324), shuffled (experiments/data/sums.jsonl,
+    experiments/real_learn.yaml): SmolLM2-135M gets about one in six right at T=0.7 and most prompts mix right
+    and wrong answers (README, "A real model that learns"); the held-out pairs are never trained on."""
+    pairs = [(a, b) for a in range(2, 20) for b in range(2, 20)]
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    return [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+            for a, b in (pairs[i] for i in order)]
+
+
 def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-if __name__ == "__main__":
-    sys.stdout.write(to_jsonl(generate()))
+if __name__ == "__main__":  # python -m treepo_lab.tasks.word_problems [sums]
+    sys.stdout.write(to_jsonl(sums() if sys.argv[1:] == ["sums"] else generate()))
