@@ -232,7 +232,7 @@ def test_cli_refuses_gguf_files_that_are_not_models(tmp_path, capsys, monkeypatc
 
 def test_cli_refuses_a_chat_template_the_tokenizer_lacks(tmp_path, capsys):
     rc, err = _train(tmp_path, capsys, "task.chat_template=true")
-    assert rc == 2 and "task.chat_template=True is not allowed: false or null: the tokenizer of the embedded " \
+    assert rc == 2 and "task.chat_template=True is not allowed: false, null or a template file: the tokenizer of the embedded " \
                       "model has no chat template" in err[0], err
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -142,3 +143,46 @@ def test_two_training_steps_with_the_chat_template_log_to_mlflow(real, tmp_path)
     with open(trees_json) as f:
         shown = [tree["prompt"] for tree in json.load(f)]
     assert shown and all(text in by_text and "<|im_start|>user\n" in text for text in shown)  # as the model saw it
+
+
+TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def test_a_chat_template_file_replaces_the_tokenizers(real, tmp_path):
+    from treepo_lab.models.prompting import prompt_format
+    from treepo_lab.tasks.config import TaskConfig
+
+    _, tok, _ = real
+    path = tmp_path / "plain.jinja"
+    path.write_text(TEMPLATE)
+    fmt = prompt_format(TaskConfig(chat_template=str(path)), "some/model", copy.deepcopy(tok))
+    assert fmt.render("What is 2 + 3?") == "[user] What is 2 + 3?\n[assistant] "
+
+
+def test_a_model_without_a_chat_template_gets_one_warning_saying_how_to_give_one(tmp_path):
+    """A model directory whose tokenizer carries no template (as the Gemma 3 GGUF's): one warning line naming
+    task.chat_template; with the shipped Gemma template file the prompt is Gemma's turn format."""
+    src = resolve_model(ModelConfig(path=str(packaged_model())))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in Path(src).iterdir():  # the weights linked, the tokenizer's template left out
+        if f.name == "tokenizer_config.json":
+            (bare / f.name).write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items()
+                                                   if k != "chat_template"}))
+        elif f.name != "chat_template.jinja":
+            (bare / f.name).symlink_to(f)
+    from treepo_lab.train.preflight import preflight
+
+    warnings = preflight(load_config("real_small", [f"model.path={bare}", "task.chat_template=null"])).warnings
+    warned = [w for w in warnings if "has no chat template" in w]
+    assert len(warned) == 1 and "task.chat_template=<file.jinja>" in warned[0], warnings
+    gemma = experiments_dir() / "chat_templates" / "gemma.jinja"
+    from treepo_lab.models.prompting import prompt_format
+    from treepo_lab.tasks.config import TaskConfig
+    from transformers import AutoTokenizer
+
+    fmt = prompt_format(TaskConfig(chat_template=str(gemma), system_prompt="Be brief."), str(bare),
+                        AutoTokenizer.from_pretrained(str(bare)))
+    turns = "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    assert fmt.render("Hi") == fmt.tokenizer.bos_token + turns

@@ -39,3 +39,19 @@ def test_real_small_scores_a_boxed_answer_against_the_reference():
     assert task.score(f"So the answer is \\boxed{{{n}}}.", problem).correct
     assert not task.score(f"So the answer is \\boxed{{{int(n) + 1}}}.", problem).correct
     assert not task.score(f"So the answer is {n}.", problem).correct  # not boxed
+
+
+def test_the_shipped_sums_are_the_generators_output_and_every_pair_once():
+    from treepo_lab.tasks.word_problems import sums
+
+    assert (experiments_dir() / "data" / "sums.jsonl").read_text() == to_jsonl(sums())  # ... word_problems sums
+    rows = sums()
+    assert len(rows) == 324 == len({r["question"] for r in rows})
+    cfg = load_config("real_learn", ["model.path=unused"])
+    task = build_task(cfg.task)
+    train = {p.prompt for p in task.all_problems()} - {p.prompt for p in task.held_out()}
+    assert len(task.held_out()) == 81 and not train & {p.prompt for p in task.held_out()}
+    problem = task.held_out()[0]
+    n = problem.answer.rsplit("#### ", 1)[1]
+    assert task.score(f"{n}", problem).correct and task.score(f"It is {n}.", problem).correct
+    assert not task.score(f"{n} + 1 = {int(n) + 1}", problem).correct  # the last number counts

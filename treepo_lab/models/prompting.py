@@ -11,6 +11,7 @@ eval samples then show the prompt exactly as the model saw it.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from treepo_lab.registry import ConfigError
 
@@ -19,15 +20,35 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+NO_TEMPLATE = ("the tokenizer of {model} has no chat template: prompts go in as plain text; "
+               "task.chat_template=<file.jinja> applies one (experiments/chat_templates/ has Gemma's)")
+
+
+def template_file(value) -> Path | None:
+    """The Jinja file task.chat_template names (None: it is true, false or null). ConfigError when missing."""
+    if not isinstance(value, str):
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError("task.chat_template", value, "true, false, null or an existing Jinja chat template file")
+    return path
+
+
 def use_chat_template(task_cfg, model_path: str | None, tokenizer) -> bool:
     """task.chat_template resolved: null = on when the tokenizer has a chat template and the model is not
-    the embedded one (its character tokenizer has none). On without a template is refused."""
+    the embedded one (its character tokenizer has none); a file: its template, set on the tokenizer. On
+    without a template is refused."""
     chat = task_cfg.chat_template
+    path = template_file(chat)
+    if path is not None:
+        tokenizer.chat_template = path.read_text()
+        chat = True
     if chat is None:
         chat = model_path is not None and has_chat_template(tokenizer)
     if chat and not has_chat_template(tokenizer):
         model = model_path or "the embedded model"
-        raise ConfigError("task.chat_template", True, f"false or null: the tokenizer of {model} has no chat template")
+        raise ConfigError("task.chat_template", True,
+                          f"false, null or a template file: the tokenizer of {model} has no chat template")
     if not chat and task_cfg.system_prompt is not None:
         raise ConfigError("task.system_prompt", task_cfg.system_prompt,
                           "null when the chat template is off (it is the chat's system message)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from treepo_lab.registry import ConfigError
 
@@ -74,7 +75,9 @@ class TaskConfig:
     # both
     # the prompt (after `template`) as the user message of the tokenizer's chat template, with the generation
     # prompt (models/prompting.py); null = on when the tokenizer has one and the model is not the embedded one
-    chat_template: bool | None = None
+    # true | false | null (on when the tokenizer has one) | a Jinja chat template file, used instead of the
+    # tokenizer's (or where it has none, e.g. experiments/chat_templates/gemma.jinja for a Gemma GGUF)
+    chat_template: Any = None
     system_prompt: str | None = None  # the chat's system message (null: none, or the template's own default)
     held_out_size: int = 1000  # evaluation problems (arith: drawn; file: a cap on the split)
     seed: int = 0  # picks the held-out problems (arith) or the held-out rows (file)
@@ -85,4 +88,8 @@ class TaskConfig:
             raise ConfigError("task.held_out_size", self.held_out_size, "an integer >= 1")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("task.seed", self.seed, "an integer >= 0")
+        if not (self.chat_template is None or isinstance(self.chat_template, bool)
+                or (isinstance(self.chat_template, str) and self.chat_template.strip())):
+            raise ConfigError("task.chat_template", self.chat_template,
+                              "true, false, null (on when the tokenizer has one) or a Jinja chat template file")
         self.check.validate()

@@ -10,7 +10,8 @@ exists (`run_experiment` calls `preflight` first): only training itself can leav
     the model: a directory with config.json and tokenizer files (or a hub id that resolves), its
         tokenizer loaded; the embedded model needs nothing on disk (its tokenizer is rebuilt here); a .gguf
         file must be a model transformers reads (converted to its cached HF directory here)
-    task.chat_template on needs a tokenizer with a chat template
+    task.chat_template on needs a tokenizer with a chat template (or a template file that exists); a real
+        model whose tokenizer has none gets a warning saying how to give one
     the tokenizer covers every character of the prompts and answers (no silent <unk>)
     the longest prompt plus the longest response (max_depth * segment_len) fits the model's positions
 
@@ -30,7 +31,7 @@ from filelock import FileLock, Timeout
 from treepo_lab.config import ExperimentConfig, checked
 from treepo_lab.models.gguf import converted, is_gguf
 from treepo_lab.models.lora import check_installed, check_targets, skeleton
-from treepo_lab.models.prompting import PromptFormat, prompt_format
+from treepo_lab.models.prompting import NO_TEMPLATE, PromptFormat, prompt_format
 from treepo_lab.models.tokenizer import build_char_tokenizer
 from treepo_lab.registry import ConfigError
 from treepo_lab.tasks.base import Task, unknown_characters
@@ -67,7 +68,10 @@ def preflight(cfg) -> Preflight:
     prompts = prompt_format(cfg.task, cfg.model.path, tokenizer)
     check_characters(task, tokenizer, cfg.task)
     longest = check_positions(task, prompts, max_positions, cfg)
-    return Preflight(task, tokenizer, max_positions, longest, list(getattr(task, "warnings", [])))
+    warnings = list(getattr(task, "warnings", []))
+    if not prompts.chat and cfg.model.path is not None and cfg.task.chat_template is None:
+        warnings.append(NO_TEMPLATE.format(model=cfg.model.path))
+    return Preflight(task, tokenizer, max_positions, longest, warnings)
 
 
 def check_dtype(cfg: ExperimentConfig) -> None:
