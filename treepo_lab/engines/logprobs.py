@@ -5,6 +5,12 @@ distribution that is sampled from. The HF engine samples from it, and `token_log
 full sequences through it (the trainer's old/new policy log-probs, `sequence_stats` for checks), so
 the two cannot drift apart. `pad_right` is the one padding of prompt+response rows. With `top_k` off
 and `top_p=1` it is the plain temperature-scaled log-softmax that the trainer uses.
+
+Large vocabularies (Gemma 3: 262k tokens): the trainer's forwards (`token_logprobs`, the tree-packed
+`train/packing.pack_forward`) never hold full-vocabulary logits for every position at once. They run the
+model's decoder for its last hidden states, then `chunked_logprobs` applies the output head to
+LOGIT_CHUNK_ELEMENTS / V positions at a time under activation checkpointing, keeping only the sampled
+tokens' log-probs and the entropies; the backward recomputes one chunk's logits at a time.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from treepo_lab.engines.base import SamplingParams
 
@@ -85,14 +92,73 @@ def pad_right(prompts: Sequence, responses: Sequence, pad_token_id: int, device=
     return Padded(ids.to(device), attn.to(device), resp.to(device))
 
 
+# logits computed at once by chunked_logprobs (positions x vocabulary): 2^25 float32 = 128 MB, ~128 positions of
+# a 262k vocabulary, every position of a small one
+LOGIT_CHUNK_ELEMENTS = 2 ** 25
+
+
+def head_of(model):
+    """(decoder, output head, final logit soft-cap or None) of a transformers causal LM (through a peft
+    wrapper too), or None when the model does not expose them or is wrapped for ranks (DDP and FSDP must see
+    the whole forward to synchronise): then its full forward gives the logits."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, (DistributedDataParallel, FSDPModule)):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    decoder, head = (get_decoder(), get_head()) if get_decoder and get_head else (None, None)
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head, getattr(base.config, "final_logit_softcapping", None)
+
+
+def _chunk(head, softcap, sampling: SamplingParams, hidden, rows, tokens, with_entropy: bool):
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp_all = sampling_logprobs(logits, sampling)
+    ent = entropy_of(logp_all) if with_entropy else logits.new_zeros(0)
+    return logp_all[rows, tokens], ent
+
+
+def chunked_logprobs(head, softcap, hidden: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor,
+                     sampling: SamplingParams, with_entropy: bool = False):
+    """log-probs [n] of token `tokens[i]` at position `rows[i]` of `hidden` [P, H] under `sampling`, and the
+    entropy [P] of each position's distribution (or None), LOGIT_CHUNK_ELEMENTS logits at a time."""
+    size = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    pieces, order, ents = [], [], []
+    for a in range(0, hidden.shape[0], size):
+        pick = ((rows >= a) & (rows < a + size)).nonzero().squeeze(-1)
+        args = (head, softcap, sampling, hidden[a: a + size], rows[pick] - a, tokens[pick], with_entropy)
+        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
+        pieces.append(lp)
+        order.append(pick)
+        ents.append(ent)
+    logp = torch.cat(pieces)
+    logp = logp.new_empty(logp.shape).index_copy(0, torch.cat(order), logp)  # back in the order of `rows`
+    return logp, torch.cat(ents) if with_entropy else None
+
+
 def token_logprobs(model, batch: Padded, sampling: SamplingParams, with_entropy: bool = False):
     """log pi(x_{t+1} | x_<=t) under `sampling` at every position [B, L-1], and (optionally) the entropy
     of each processed next-token distribution. Gradients flow when the caller allows them."""
     # no KV cache: nothing decodes after this forward (and gradient checkpointing refuses one)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
-    logp_all = sampling_logprobs(logits, sampling)
-    logp = logp_all.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    return logp, entropy_of(logp_all) if with_entropy else None
+    parts = head_of(model)
+    if parts is None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
+        logp_all = sampling_logprobs(logits, sampling)
+        logp = logp_all.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+        return logp, entropy_of(logp_all) if with_entropy else None
+    decoder, head, softcap = parts
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    b, length = batch.input_ids.shape
+    flat = hidden[:, :-1].reshape(b * (length - 1), -1)
+    rows = torch.arange(flat.shape[0], device=flat.device)
+    logp, ent = chunked_logprobs(head, softcap, flat, rows, batch.input_ids[:, 1:].reshape(-1), sampling, with_entropy)
+    return logp.view(b, length - 1), ent.view(b, length - 1) if with_entropy else None
 
 
 def sequence_stats(

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from treepo_lab.engines.base import SamplingParams
-from treepo_lab.engines.logprobs import entropy_of, sampling_logprobs
+from treepo_lab.engines import logprobs
+from treepo_lab.engines.logprobs import chunked_logprobs, entropy_of, sampling_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +194,20 @@ def pack_forward(model, pack: Pack, temperature: float = 1.0, with_entropy: bool
     dtype = param.dtype
     if pack.input_ids.device != param.device:
         pack = pack.to(param.device)
-    out = model(input_ids=pack.input_ids[None], attention_mask=tree_mask(pack, dtype),
-                position_ids=pack.position_ids[None], use_cache=False, logits_to_keep=pack.logit_rows)
-    logp_all = sampling_logprobs(out.logits[0], SamplingParams(temperature=temperature))  # [P, V]
-    logp = logp_all[pack.slot, pack.target]  # the gather that expands unique tokens to leaves
-    ent = entropy_of(logp_all)[pack.slot] if with_entropy else None
-    return logp, ent
+    inputs = {"input_ids": pack.input_ids[None], "attention_mask": tree_mask(pack, dtype),
+              "position_ids": pack.position_ids[None], "use_cache": False}
+    sampling = SamplingParams(temperature=temperature)
+    parts = logprobs.head_of(model)  # looked up here: a benchmark or test may switch chunking off
+    if parts is None:  # the full forward: logits [P, V] of the kept positions at once
+        logp_all = sampling_logprobs(model(**inputs, logits_to_keep=pack.logit_rows).logits[0], sampling)
+        logp = logp_all[pack.slot, pack.target]  # the gather that expands unique tokens to leaves
+        ent = entropy_of(logp_all)[pack.slot] if with_entropy else None
+        return logp, ent
+    decoder, head, softcap = parts  # a chunk of the kept positions' logits at a time (engines/logprobs.py)
+    hidden = decoder(**inputs).last_hidden_state[0, pack.logit_rows]  # [P, H]
+    logp, ent = chunked_logprobs(head, softcap, hidden, pack.slot.reshape(-1), pack.target.reshape(-1), sampling,
+                                 with_entropy)
+    return logp.view(pack.slot.shape), ent[pack.slot] if with_entropy else None
 
 
 def forward_packed(model, batch, rows: list[int], temperature: float, with_entropy: bool = False):
