@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
-    LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen3Config, Qwen3ForCausalLM,
 )
 
@@ -38,6 +39,10 @@ CASES = {
                                        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
     "qwen2-bias": lambda: build(Qwen2ForCausalLM, Qwen2Config),
     "mistral": lambda: build(MistralForCausalLM, MistralConfig, sliding_window=None),
+    # q/k norms, four (1 + w) norms per layer, sliding and full layers with their own RoPE bases, 1 KV head
+    "gemma3": lambda: build(Gemma3ForCausalLM, Gemma3TextConfig, attn="eager", num_key_value_heads=1, head_dim=32,
+                            sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+                            query_pre_attn_scalar=32, hidden_activation="gelu_pytorch_tanh"),
 }
 
 
@@ -160,3 +165,11 @@ def test_weights_changed_in_place_are_used_at_the_next_call(monkeypatch, fuse):
             layer.self_attn.k_proj.weight.mul_(1.5)
             layer.mlp.up_proj.weight.add_(0.1)
     torch.testing.assert_close(logits(), reference(), rtol=1e-5, atol=1e-5)
+
+
+def test_gemma_takes_the_lean_step_only_inside_its_sliding_window():
+    """Its sliding layers attend like full ones while every position is inside the window: beyond it, the
+    engine's call runs the model forward (the lean step has no window mask)."""
+    step = LeanDecodeStep(CASES["gemma3"]())
+    assert step.covers(63) and not step.covers(64)
+    assert LeanDecodeStep(CASES["llama-gqa"]()).covers(10 ** 6)

@@ -21,6 +21,10 @@ import torch.nn.functional as F
 # causal LMs whose decoder layer is: x + attn(norm1(x)); x + mlp(norm2(x)), full attention, RoPE
 # on q and k, no q/k norms; Qwen2 and Mistral only without a sliding window
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# Gemma 3: x + norm(attn(norm(x))); x + norm(mlp(norm(x))) with (1 + w) RMSNorms (the model's own modules run
+# them), q/k norms before RoPE, a RoPE table per layer type; its sliding-window layers attend like full ones
+# while every position is inside the window (`covers`), else the engine takes the model forward
+GEMMA = ("Gemma3ForCausalLM",)
 # RoPE variants whose cos/sin depend on the position alone (dynamic / longrope rescale with length)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 FUSE_MAX_PARAMS = 50_000_000  # decoder parameters up to which weights are concatenated (prepare)
@@ -43,20 +47,25 @@ def has_forward_hooks(model) -> bool:
 def unsupported_reason(model) -> str | None:
     """Why the lean step cannot stand in for this model's forward (None: it can)."""
     name, cfg = type(model).__name__, model.config
-    if name not in ARCHITECTURES:
-        return f"{name} is not one of {', '.join(ARCHITECTURES)}"
+    if name not in ARCHITECTURES + GEMMA:
+        return f"{name} is not one of {', '.join(ARCHITECTURES + GEMMA)}"
     if getattr(cfg, "_attn_implementation", None) not in ATTENTION:
         return f"attention {cfg._attn_implementation!r} is not one of {ATTENTION}"
-    if getattr(cfg, "use_sliding_window", False) or (name == "MistralForCausalLM" and cfg.sliding_window):
+    if name not in GEMMA and (getattr(cfg, "use_sliding_window", False)
+                              or (name == "MistralForCausalLM" and cfg.sliding_window)):
         return "sliding-window attention"
-    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
-    if rope not in STATIC_ROPE:
-        return f"rope_type {rope!r} changes with the sequence length"
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    ropes = getattr(cfg, "rope_parameters", None) or {}
+    for rope in ([r.get("rope_type", "default") for r in ropes.values()] if name in GEMMA else
+                 [ropes.get("rope_type", "default")]):
+        if rope not in STATIC_ROPE:
+            return f"rope_type {rope!r} changes with the sequence length"
     if has_forward_hooks(model):
         return HOOKED
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        if any(hasattr(attn, a) for a in ("q_norm", "k_norm")):
+        if name not in GEMMA and any(hasattr(attn, a) for a in ("q_norm", "k_norm")):
             return "q/k norms"
         # plain Linear weights are concatenated (q|k|v, gate|up); quantized or adapted layers are not
         if any(type(getattr(m, p, None)) is not torch.nn.Linear for m, ps in ((attn, PROJECTIONS), (mlp, MLP)) for p in ps):
@@ -89,7 +98,12 @@ class LeanDecodeStep:
         attn = model.model.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.n_q, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.gemma = type(model).__name__ in GEMMA
+        # Gemma: a table per layer type; its sliding layers equal full ones only while positions fit the window
+        self.layer_types = list(getattr(cfg, "layer_types", None) or []) if self.gemma else []
+        self.window = getattr(cfg, "sliding_window", None) if "sliding_attention" in self.layer_types else None
         self._cos = self._sin = None
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._layers: list[tuple] = []
 
     def prepare(self, max_position: int | None = None) -> None:
@@ -107,6 +121,13 @@ class LeanDecodeStep:
             self._layers = []
             for layer in self.model.model.layers:
                 a, m = layer.self_attn, layer.mlp
+                if self.gemma:  # its norms are the model's modules: (1 + w) in float32, then the cast
+                    self._layers.append((
+                        layer.input_layernorm, _joined(fuse, a.q_proj, a.k_proj, a.v_proj), a.o_proj,
+                        layer.post_attention_layernorm, layer.pre_feedforward_layernorm,
+                        _joined(fuse, m.gate_proj, m.up_proj), m.down_proj, layer.post_feedforward_layernorm,
+                        m.act_fn, m.gate_proj.out_features, a.q_norm, a.k_norm))
+                    continue
                 self._layers.append((
                     _norm(layer.input_layernorm), _joined(fuse, a.q_proj, a.k_proj, a.v_proj), _out(a.o_proj),
                     _norm(layer.post_attention_layernorm), _joined(fuse, m.gate_proj, m.up_proj), _out(m.down_proj),
@@ -120,9 +141,16 @@ class LeanDecodeStep:
             # per-call forward, so the same values. The sin's first half is negated, so that
             # rotate_half(x) * sin = x.roll(half) * signed sin.
             positions = torch.arange(need, device=weight.device)[None]
-            cos, sin = self.model.model.rotary_emb(weight[:1], position_ids=positions)
             half = self.head_dim // 2
-            self._cos, self._sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+            for kind in self.layer_types and dict.fromkeys(self.layer_types) or [None]:
+                rope = self.model.model.rotary_emb
+                cos, sin = rope(weight[:1], position_ids=positions, **({"layer_type": kind} if kind else {}))
+                self._tables[kind] = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+            self._cos, self._sin = self._tables[self.layer_types[0] if self.layer_types else None]
+
+    def covers(self, max_position: int) -> bool:
+        """Every position up to max_position is inside the sliding window (models without one: always)."""
+        return self.window is None or max_position < self.window
 
     def _attend(self, q, k, v, mask3):
         """softmax(q k^T * scale + mask) v as two batched matmuls, one batch entry per (row, KV head)
@@ -133,35 +161,54 @@ class LeanDecodeStep:
         # softmax in float32 whatever the model dtype, as transformers' eager attention does
         return torch.bmm(w.softmax(-1, dtype=torch.float32).to(v.dtype), v.reshape(rows * n_kv, t, hd))
 
+    def _layer_attention(self, i, x, cos, sin, cache, mask3, flat, rows, g) -> torch.Tensor:
+        """Layer i's attention output [children, n_q * hd] from x [children, q|k|v heads, hd] (q and k
+        normed already where the model norms them): RoPE, the slots, the cache append, the attention."""
+        hd, n_q, n_kv = self.head_dim, self.n_q, self.n_kv
+        n_qk, gq = n_q + n_kv, n_q // n_kv
+        qk = x[:, :n_qk]
+        qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
+        if flat is not None:  # children into their slots (empty slots stay zero: finite, masked)
+            qk = qk.new_zeros((rows * g, n_qk, hd)).index_copy_(0, flat, qk)
+            vs = x.new_zeros((rows * g, n_kv, hd)).index_copy_(0, flat, x[:, n_qk:])
+        else:
+            vs = x[:, n_qk:]
+        qk, vs = qk.view(rows, g, n_qk, hd), vs.view(rows, g, n_kv, hd)
+        k, v = cache.update(qk[:, :, n_q:].transpose(1, 2), vs.transpose(1, 2), i)  # [rows, n_kv, T, hd]
+        q = qk[:, :, :n_q].reshape(rows, g, n_kv, gq, hd).transpose(1, 2).reshape(rows * n_kv, g * gq, hd)
+        a = self._attend(q, k, v, mask3)  # [rows * n_kv, g * gq, hd]
+        a = a.view(rows, n_kv, g, gq, hd).transpose(1, 2).reshape(rows * g, n_q * hd)
+        return a if flat is None else a[flat]
+
     def __call__(self, ids, pos, cache, bias, flat=None, g=1) -> torch.Tensor:
         if not self._layers:
             self.prepare(int(pos.max()))
         base = self.model.model
-        h = base.embed_tokens(ids)  # [children, hidden]
+        h = base.embed_tokens(ids)  # [children, hidden] (Gemma's module scales by sqrt(hidden) itself)
         n, hd, n_q, n_kv = h.shape[0], self.head_dim, self.n_q, self.n_kv
-        n_qk, rows, gq = n_q + n_kv, bias.shape[0], n_q // n_kv
-        cos, sin = self._cos[pos][:, None], self._sin[pos][:, None]  # [children, 1, hd]
-        cols = bias.shape[-1]
+        rows, gq, cols = bias.shape[0], n_q // n_kv, bias.shape[-1]
+        tables = {kind: (cos[pos][:, None], sin[pos][:, None]) for kind, (cos, sin) in self._tables.items()}
         # one batch entry per (row, KV head): its g slots x gq query heads share the row's keys
         mask3 = bias[:, None, :, None, :].expand(rows, n_kv, g, gq, cols).reshape(rows * n_kv, g * gq, cols)
-        for i, (norm1, qkv, out, norm2, gate_up, down, act, inter) in enumerate(self._layers):
+        for i, layer in enumerate(self._layers):
+            if self.gemma:
+                norm1, qkv, o_proj, post_attn, pre_ff, gate_up, down, post_ff, act, inter, q_norm, k_norm = layer
+                x = qkv(norm1(h)).view(n, -1, hd)
+                x = torch.cat([q_norm(x[:, :n_q]), k_norm(x[:, n_q:n_q + n_kv]), x[:, n_q + n_kv:]], dim=1)
+                cos, sin = tables[self.layer_types[i]]
+                h = h + post_attn(o_proj(self._layer_attention(i, x, cos, sin, cache, mask3, flat, rows, g)))
+                gu = gate_up(pre_ff(h))
+                h = h + post_ff(down(act(gu[:, :inter]) * gu[:, inter:]))
+                continue
+            norm1, qkv, out, norm2, gate_up, down, act, inter = layer
             x = qkv(norm1(h)).view(n, -1, hd)  # [children, q|k|v heads, hd]
-            qk = x[:, :n_qk]
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
-            if flat is not None:  # children into their slots (empty slots stay zero: finite, masked)
-                qk = qk.new_zeros((rows * g, n_qk, hd)).index_copy_(0, flat, qk)
-                vs = x.new_zeros((rows * g, n_kv, hd)).index_copy_(0, flat, x[:, n_qk:])
-            else:
-                vs = x[:, n_qk:]
-            qk, vs = qk.view(rows, g, n_qk, hd), vs.view(rows, g, n_kv, hd)
-            k, v = cache.update(qk[:, :, n_q:].transpose(1, 2), vs.transpose(1, 2), i)  # [rows, n_kv, T, hd]
-            q = qk[:, :, :n_q].reshape(rows, g, n_kv, gq, hd).transpose(1, 2).reshape(rows * n_kv, g * gq, hd)
-            a = self._attend(q, k, v, mask3)  # [rows * n_kv, g * gq, hd]
-            a = a.view(rows, n_kv, g, gq, hd).transpose(1, 2).reshape(rows * g, n_q * hd)
-            h = out(h, a if flat is None else a[flat])
+            cos, sin = tables[None]
+            h = out(h, self._layer_attention(i, x, cos, sin, cache, mask3, flat, rows, g))
             gu = gate_up(norm2(h))
             h = down(h, act(gu[:, :inter]) * gu[:, inter:])
-        return self.model.lm_head(base.norm(h))
+        logits = self.model.lm_head(base.norm(h))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _joined(fuse: bool, *linears):

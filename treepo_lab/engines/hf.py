@@ -337,8 +337,12 @@ class HFEngine:
         if lean is not None and has_forward_hooks(self.model):
             lean = None
             _log_once(HOOKED)
+        last = int(b.pos.max()) + max_tokens
+        if lean is not None and not lean.covers(last):  # Gemma's sliding layers would see past their window
+            lean = None
+            _log_once(f"positions up to {last} reach the sliding window ({self._lean.window}): the model forward runs")
         if lean is not None:
-            lean.prepare(int(b.pos.max()) + max_tokens)
+            lean.prepare(last)
         return lean
 
     def _decode_step(self, b: _Batch, step: int, lean, sampling: SamplingParams, keys: torch.Tensor,
