@@ -152,6 +152,16 @@ class LeanDecodeStep:
         """Every position up to max_position is inside the sliding window (models without one: always)."""
         return self.window is None or max_position < self.window
 
+    def declines(self, max_position: int) -> str | None:
+        """Why a call reaching max_position must take the model forward (None: this step runs): hooks added
+        since the engine was built (a probe, an adapter) must run; Gemma's sliding layers would see past
+        their window."""
+        if has_forward_hooks(self.model):
+            return HOOKED
+        if not self.covers(max_position):
+            return f"positions up to {max_position} reach the sliding window ({self.window}): the model forward runs"
+        return None
+
     def _attend(self, q, k, v, mask3):
         """softmax(q k^T * scale + mask) v as two batched matmuls, one batch entry per (row, KV head)
         with its queries (slots x the heads sharing that KV head) as the entry's rows: on CPU, over

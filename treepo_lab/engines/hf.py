@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from treepo_lab.engines import draws, kv
-from treepo_lab.engines.decode_step import HOOKED, LeanDecodeStep, has_forward_hooks, unsupported_reason
+from treepo_lab.engines.decode_step import HOOKED, LeanDecodeStep, unsupported_reason
 from treepo_lab.engines.base import EngineCounters, SamplingParams, SegmentOut, SegmentRequest
 from treepo_lab.engines.logprobs import sampling_logprobs
 from treepo_lab.seeding import stream_key
@@ -332,15 +332,11 @@ class HFEngine:
 
     def _lean_for_call(self, b: _Batch, max_tokens: int):
         """The lean step, prepared for this call's weights and positions; None where the model forward runs."""
-        # checked per call: hooks added since (a probe, an adapter) must run, so the model forward does
-        lean = self._lean
-        if lean is not None and has_forward_hooks(self.model):
-            lean = None
-            _log_once(HOOKED)
-        last = int(b.pos.max()) + max_tokens
-        if lean is not None and not lean.covers(last):  # Gemma's sliding layers would see past their window
-            lean = None
-            _log_once(f"positions up to {last} reach the sliding window ({self._lean.window}): the model forward runs")
+        lean, last = self._lean, int(b.pos.max()) + max_tokens
+        reason = lean.declines(last) if lean is not None else None
+        if reason is not None:
+            _log_once(reason)
+            return None
         if lean is not None:
             lean.prepare(last)
         return lean

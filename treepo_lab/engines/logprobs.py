@@ -128,12 +128,14 @@ def chunked_logprobs(head, softcap, hidden: torch.Tensor, rows: torch.Tensor, to
     """log-probs [n] of token `tokens[i]` at position `rows[i]` of `hidden` [P, H] under `sampling`, and the
     entropy [P] of each position's distribution (or None), LOGIT_CHUNK_ELEMENTS logits at a time."""
     size = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
-    grad = torch.is_grad_enabled() and hidden.requires_grad
+    # checkpointing (the backward recomputes each chunk) only pays when there are several chunks: one chunk
+    # holds what the full forward held, and a recompute would cost a second head matmul every update
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > size
     pieces, order, ents = [], [], []
     for a in range(0, hidden.shape[0], size):
         pick = ((rows >= a) & (rows < a + size)).nonzero().squeeze(-1)
         args = (head, softcap, sampling, hidden[a: a + size], rows[pick] - a, tokens[pick], with_entropy)
-        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
+        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if recompute else _chunk(*args)
         pieces.append(lp)
         order.append(pick)
         ents.append(ent)
