@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from treepo_lab.commands import COMMANDS
 from treepo_lab.commands.base import split_args
 from treepo_lab.commands.output import configure_output, hint_for, interrupted_line, user_error_line
+
+RANK_REFUSAL_DELAY_S = 5.0  # a refusing rank other than 0 waits this long, so rank 0's line is printed first
 
 USAGE = """usage: treepo-lab [-v] <command> [experiment=<name>] [key=value ...]
 
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank refuses alike: rank 0 says it
             print(f"treepo-lab {name}: {line}", file=sys.stderr)
             print(f"hint: {hint_for(name, err, line)}", file=sys.stderr)
+        else:  # the others leave after it: torchrun stops every rank when the first one exits (seen: no line)
+            time.sleep(RANK_REFUSAL_DELAY_S)
         return 2
     return status if isinstance(status, int) else 0
 
